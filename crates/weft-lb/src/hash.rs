@@ -111,7 +111,11 @@ mod tests {
             (b"a", 0, 0xD24E_C4F1_A98C_6E5B),
             (b"abc", 0, 0x44BC_2CF5_AD77_0999),
             (b"10.0.0.1:80", 0, 0x011F_ACBA_8043_B217),
-            (b"0123456789abcdefghijklmnopqrstuvwxyz", 0, 0x6919_6C1B_3AF0_BFF9),
+            (
+                b"0123456789abcdefghijklmnopqrstuvwxyz",
+                0,
+                0x6919_6C1B_3AF0_BFF9,
+            ),
             (b"abc", 12345, 0x0170_0E64_F6F2_3509),
             (&long, 0, 0x6EF4_36B0_0EBA_4078),
             (&long[..37], 7, 0x69E0_C889_396A_FAF7),

@@ -244,9 +244,15 @@ fn fold_locality_weights(groups: &[(u128, Vec<(u32, u64)>)]) -> Vec<(u32, u64)> 
 }
 
 impl Balancer {
-    /// Builds the selector for `hosts`. Cost is O(hosts · log hosts + table
-    /// size); call it when endpoints or health change, never per request.
-    pub fn build(cfg: &BalancerConfig, hosts: &[HostInfo], localities: &[LocalityInfo]) -> Balancer {
+    /// Builds the selector for `hosts`. Cost is O(hosts · log hosts) plus the
+    /// policy table (linear for round robin and Maglev, n · log n for the
+    /// ring's sort); call it when endpoints or health change, never per
+    /// request.
+    pub fn build(
+        cfg: &BalancerConfig,
+        hosts: &[HostInfo],
+        localities: &[LocalityInfo],
+    ) -> Balancer {
         // Indices are stored as u32 (u32::MAX is the Maglev empty marker);
         // a larger host list cannot exist in memory anyway.
         let hosts = &hosts[..hosts.len().min(u32::MAX as usize - 1)];

@@ -43,6 +43,11 @@ pub(crate) fn next_prime(n: u64) -> u64 {
     p
 }
 
+/// Size actually used for a requested `table_size` and `members` hosts.
+fn table_len(table_size: u64, members: usize) -> u64 {
+    next_prime(table_size.min(HARD_MAX_TABLE).max(members as u64).max(2))
+}
+
 impl Maglev {
     /// `members` are (host index, weight ≥ 1). The table size is the smallest
     /// prime ≥ max(`table_size`, member count), with `table_size` clamped to
@@ -51,12 +56,7 @@ impl Maglev {
         if members.is_empty() {
             return Maglev::default();
         }
-        let m = next_prime(
-            table_size
-                .min(HARD_MAX_TABLE)
-                .max(members.len() as u64)
-                .max(2),
-        );
+        let m = table_len(table_size, members.len());
         let total: u128 = members
             .iter()
             .map(|&(_, w)| u128::from(w))
@@ -146,6 +146,10 @@ mod tests {
         assert_eq!(next_prime(65536), 65537);
         assert_eq!(next_prime(65537), 65537);
         assert!(is_prime(HARD_MAX_TABLE));
+        assert_eq!(table_len(u64::MAX, 3), HARD_MAX_TABLE);
+        assert_eq!(table_len(0, 0), 2);
+        assert_eq!(table_len(1000, 1), 1009);
+        assert_eq!(table_len(10, 100), 101);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rand::RngCore;
+use rand::{Rng, RngCore};
 
 use crate::maglev::Maglev;
 use crate::ring::Ring;
@@ -105,7 +105,9 @@ impl Picker {
                 min_ring_size,
                 max_ring_size,
             } => Picker::Ring(Ring::build(members, hosts, min_ring_size, max_ring_size)),
-            Policy::Maglev { table_size } => Picker::Maglev(Maglev::build(members, hosts, table_size)),
+            Policy::Maglev { table_size } => {
+                Picker::Maglev(Maglev::build(members, hosts, table_size))
+            }
         }
     }
 
@@ -115,6 +117,13 @@ impl Picker {
             Picker::RoundRobin { sequence, cursor } => {
                 if sequence.is_empty() {
                     return None;
+                }
+                if req.attempt > 0 {
+                    // A re-pick after landing on an excluded host: advancing
+                    // the cursor would hand every such retry to the excluded
+                    // host's successor in the cycle; a random slot of the
+                    // cycle spreads retries by weight instead.
+                    return Some(sequence[rng.gen_range(0..sequence.len())]);
                 }
                 // Wrap-around of the counter only causes one uneven step
                 // every 2^64 picks.
