@@ -147,7 +147,7 @@ for arg in "$@"; do
     -p | --package | --package=*) scope=() ;;
     esac
 done
-section "cargo test ${scope[*]} --locked $*"
-cargo test "${scope[@]}" --locked "$@"
+section "cargo test ${scope[*]} --locked --no-fail-fast $*"
+cargo test "${scope[@]}" --locked --no-fail-fast "$@"
 
 section "done"
