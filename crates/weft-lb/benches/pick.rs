@@ -37,10 +37,7 @@ fn bench_pick(c: &mut Criterion) {
     ];
     let mut group = c.benchmark_group("pick_100_hosts");
     for (name, policy) in policies {
-        let cfg = BalancerConfig {
-            policy,
-            ..BalancerConfig::default()
-        };
+        let cfg = BalancerConfig { policy, ..BalancerConfig::default() };
         let balancer = Balancer::build(&cfg, &hosts, &localities);
         let mut rng = SmallRng::seed_from_u64(7);
         group.bench_function(name, |b| {

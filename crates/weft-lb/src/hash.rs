@@ -23,9 +23,7 @@ fn read_u32(b: &[u8]) -> u32 {
 }
 
 fn round(acc: u64, lane: u64) -> u64 {
-    acc.wrapping_add(lane.wrapping_mul(P2))
-        .rotate_left(31)
-        .wrapping_mul(P1)
+    acc.wrapping_add(lane.wrapping_mul(P2)).rotate_left(31).wrapping_mul(P1)
 }
 
 fn merge(acc: u64, v: u64) -> u64 {
@@ -36,12 +34,7 @@ fn merge(acc: u64, v: u64) -> u64 {
 pub(crate) fn xxh64(data: &[u8], seed: u64) -> u64 {
     let mut rest = data;
     let mut h = if data.len() >= 32 {
-        let mut v = [
-            seed.wrapping_add(P1).wrapping_add(P2),
-            seed.wrapping_add(P2),
-            seed,
-            seed.wrapping_sub(P1),
-        ];
+        let mut v = [seed.wrapping_add(P1).wrapping_add(P2), seed.wrapping_add(P2), seed, seed.wrapping_sub(P1)];
         while rest.len() >= 32 {
             for (i, lane) in v.iter_mut().enumerate() {
                 *lane = round(*lane, read_u64(&rest[i * 8..]));
@@ -111,11 +104,7 @@ mod tests {
             (b"a", 0, 0xD24E_C4F1_A98C_6E5B),
             (b"abc", 0, 0x44BC_2CF5_AD77_0999),
             (b"10.0.0.1:80", 0, 0x011F_ACBA_8043_B217),
-            (
-                b"0123456789abcdefghijklmnopqrstuvwxyz",
-                0,
-                0x6919_6C1B_3AF0_BFF9,
-            ),
+            (b"0123456789abcdefghijklmnopqrstuvwxyz", 0, 0x6919_6C1B_3AF0_BFF9),
             (b"abc", 12345, 0x0170_0E64_F6F2_3509),
             (&long, 0, 0x6EF4_36B0_0EBA_4078),
             (&long[..37], 7, 0x69E0_C889_396A_FAF7),

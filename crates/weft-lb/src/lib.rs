@@ -99,10 +99,7 @@ impl Policy {
 
     /// Ring hash with Envoy's default sizes (1024 .. 8M).
     pub fn ring_hash() -> Policy {
-        Policy::RingHash {
-            min_ring_size: 1024,
-            max_ring_size: 8 * 1024 * 1024,
-        }
+        Policy::RingHash { min_ring_size: 1024, max_ring_size: 8 * 1024 * 1024 }
     }
 
     /// Maglev with Envoy's default table size (65537).
@@ -153,11 +150,7 @@ pub struct BalancerConfig {
 
 impl Default for BalancerConfig {
     fn default() -> Self {
-        BalancerConfig {
-            policy: Policy::RoundRobin,
-            panic_threshold_percent: 50.0,
-            overprovisioning_factor: 140,
-        }
+        BalancerConfig { policy: Policy::RoundRobin, panic_threshold_percent: 50.0, overprovisioning_factor: 140 }
     }
 }
 
@@ -196,10 +189,7 @@ struct Level {
 #[derive(Debug)]
 enum Chooser {
     Hosts(Picker),
-    Localities {
-        dist: Distribution,
-        pickers: Vec<Picker>,
-    },
+    Localities { dist: Distribution, pickers: Vec<Picker> },
 }
 
 fn effective_weight(h: &HostInfo) -> u64 {
@@ -238,9 +228,7 @@ fn fold_locality_weights(groups: &[(u128, Vec<(u32, u64)>)]) -> Vec<(u32, u64)> 
     }
     let max = raw.iter().map(|&(_, w)| w).max().unwrap_or(0);
     let shift = bit_len(max).saturating_sub(32);
-    raw.into_iter()
-        .map(|(h, w)| (h, ((w >> shift) as u64).max(1)))
-        .collect()
+    raw.into_iter().map(|(h, w)| (h, ((w >> shift) as u64).max(1))).collect()
 }
 
 impl Balancer {
@@ -248,11 +236,7 @@ impl Balancer {
     /// policy table (linear for round robin and Maglev, n · log n for the
     /// ring's sort); call it when endpoints or health change, never per
     /// request.
-    pub fn build(
-        cfg: &BalancerConfig,
-        hosts: &[HostInfo],
-        localities: &[LocalityInfo],
-    ) -> Balancer {
+    pub fn build(cfg: &BalancerConfig, hosts: &[HostInfo], localities: &[LocalityInfo]) -> Balancer {
         // Indices are stored as u32 (u32::MAX is the Maglev empty marker);
         // a larger host list cannot exist in memory anyway.
         let hosts = &hosts[..hosts.len().min(u32::MAX as usize - 1)];
@@ -261,17 +245,13 @@ impl Balancer {
 
         let mut order: Vec<u32> = (0..hosts.len() as u32).collect();
         order.sort_by_key(|&i| (hosts[i as usize].priority, i));
-        let groups: Vec<&[u32]> = order
-            .chunk_by(|&a, &b| hosts[a as usize].priority == hosts[b as usize].priority)
-            .collect();
+        let groups: Vec<&[u32]> =
+            order.chunk_by(|&a, &b| hosts[a as usize].priority == hosts[b as usize].priority).collect();
 
         let stats: Vec<LevelStats> = groups
             .iter()
             .map(|g| {
-                let mut s = LevelStats {
-                    hosts: g.len(),
-                    ..LevelStats::default()
-                };
+                let mut s = LevelStats { hosts: g.len(), ..LevelStats::default() };
                 for &i in *g {
                     let h = &hosts[i as usize];
                     s.total_weight += u128::from(effective_weight(h));
@@ -282,11 +262,7 @@ impl Balancer {
                 s
             })
             .collect();
-        let loads = priority::compute(
-            &stats,
-            cfg.overprovisioning_factor,
-            cfg.panic_threshold_percent,
-        );
+        let loads = priority::compute(&stats, cfg.overprovisioning_factor, cfg.panic_threshold_percent);
         let panic = loads.panic;
         let locality_weighted = localities.iter().any(|l| l.weight.is_some());
 
@@ -295,10 +271,7 @@ impl Balancer {
         for (g, &load) in groups.iter().zip(&loads.percent) {
             let start = eligible.len();
             if load == 0 {
-                levels.push(Level {
-                    eligible: start..start,
-                    chooser: Chooser::Hosts(Picker::Empty),
-                });
+                levels.push(Level { eligible: start..start, chooser: Chooser::Hosts(Picker::Empty) });
                 continue;
             }
             let members: Vec<(u32, u64)> = g
@@ -313,19 +286,13 @@ impl Balancer {
             } else {
                 Chooser::Hosts(Picker::build(&cfg.policy, &members, hosts))
             };
-            levels.push(Level {
-                eligible: start..eligible.len(),
-                chooser,
-            });
+            levels.push(Level { eligible: start..eligible.len(), chooser });
         }
 
         Balancer {
             hashing,
             levels,
-            priorities: groups
-                .iter()
-                .map(|g| hosts[g[0] as usize].priority)
-                .collect(),
+            priorities: groups.iter().map(|g| hosts[g[0] as usize].priority).collect(),
             loads: loads.percent,
             panic,
             eligible,
@@ -360,16 +327,10 @@ impl Balancer {
                     healthy += w;
                 }
             }
-            let n = rest
-                .iter()
-                .take_while(|&&(i, _)| locality_of(i) == loc)
-                .count();
+            let n = rest.iter().take_while(|&&(i, _)| locality_of(i) == loc).count();
             let (mine, tail) = rest.split_at(n);
             rest = tail;
-            let weight = localities
-                .get(loc as usize)
-                .and_then(|l| l.weight)
-                .map_or(0, u128::from);
+            let weight = localities.get(loc as usize).and_then(|l| l.weight).map_or(0, u128::from);
             let lw = weight * locality_health(total, healthy, op, panic);
             if lw > 0 && !mine.is_empty() {
                 groups.push((lw, mine.to_vec()));
@@ -386,10 +347,7 @@ impl Balancer {
         let weights: Vec<u128> = groups.iter().map(|(w, _)| *w).collect();
         Chooser::Localities {
             dist: Distribution::new(&weights),
-            pickers: groups
-                .iter()
-                .map(|(_, m)| Picker::build(&cfg.policy, m, hosts))
-                .collect(),
+            pickers: groups.iter().map(|(_, m)| Picker::build(&cfg.policy, m, hosts)).collect(),
         }
     }
 
@@ -413,22 +371,13 @@ impl Balancer {
         if self.eligible.is_empty() {
             return None;
         }
-        let hash = if self.hashing {
-            hash.unwrap_or_else(|| rng.next_u64())
-        } else {
-            0
-        };
+        let hash = if self.hashing { hash.unwrap_or_else(|| rng.next_u64()) } else { 0 };
         let mut first: Option<(usize, u32)> = None;
         for attempt in 0..=MAX_REPICKS {
             let Some(level) = self.choose_level(hash, rng) else {
                 break;
             };
-            let req = Request {
-                hash,
-                attempt,
-                active,
-                exclude,
-            };
+            let req = Request { hash, attempt, active, exclude };
             if let Some(host) = self.levels[level].pick(&req, rng) {
                 if !exclude.contains(&(host as usize)) {
                     return Some(host as usize);
@@ -438,11 +387,7 @@ impl Balancer {
         }
 
         let (level, host) = first?;
-        let start = if self.hashing {
-            mix64(hash ^ SCAN_SALT)
-        } else {
-            rng.next_u64()
-        };
+        let start = if self.hashing { mix64(hash ^ SCAN_SALT) } else { rng.next_u64() };
         // The chosen level first keeps the retry where the level loads sent
         // it; other levels follow in priority order.
         std::iter::once(level)
@@ -454,11 +399,7 @@ impl Balancer {
     /// The level to use: drawn from the loads, by the hash for hash policies
     /// so the same key always lands in the same level.
     fn choose_level(&self, hash: u64, rng: &mut dyn RngCore) -> Option<usize> {
-        let r = if self.hashing {
-            (mix64(hash) % 100) as u32
-        } else {
-            rng.gen_range(0..100u32)
-        };
+        let r = if self.hashing { (mix64(hash) % 100) as u32 } else { rng.gen_range(0..100u32) };
         let mut acc = 0u32;
         for (i, &load) in self.loads.iter().enumerate() {
             acc += load;
@@ -480,9 +421,7 @@ impl Balancer {
             return None;
         }
         let offset = (start % len as u64) as usize;
-        (0..len.min(exclude.len() + 1))
-            .map(|step| hosts[(offset + step) % len] as usize)
-            .find(|h| !exclude.contains(h))
+        (0..len.min(exclude.len() + 1)).map(|step| hosts[(offset + step) % len] as usize).find(|h| !exclude.contains(h))
     }
 
     /// True if picks ignore health because the healthy share fell below the

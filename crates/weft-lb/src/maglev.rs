@@ -57,11 +57,7 @@ impl Maglev {
             return Maglev::default();
         }
         let m = table_len(table_size, members.len());
-        let total: u128 = members
-            .iter()
-            .map(|&(_, w)| u128::from(w))
-            .sum::<u128>()
-            .max(1);
+        let total: u128 = members.iter().map(|&(_, w)| u128::from(w)).sum::<u128>().max(1);
         // Rounding up guarantees the claims cover the whole table; the few
         // surplus claims at the end of the sequence are simply never used.
         let claims: Vec<u64> = members
@@ -79,10 +75,7 @@ impl Maglev {
         let mut next = Vec::with_capacity(members.len());
         let mut skip = Vec::with_capacity(members.len());
         for &(host, _) in members {
-            let key = hosts
-                .get(host as usize)
-                .map(|h| h.key.as_bytes())
-                .unwrap_or_default();
+            let key = hosts.get(host as usize).map(|h| h.key.as_bytes()).unwrap_or_default();
             next.push(xxh64(key, OFFSET_SEED) % m);
             skip.push(xxh64(key, SKIP_SEED) % (m - 1) + 1);
         }
@@ -125,11 +118,7 @@ impl Maglev {
         if len == 0 {
             return None;
         }
-        let h = if attempt == 0 {
-            hash
-        } else {
-            mix64(hash ^ u64::from(attempt))
-        };
+        let h = if attempt == 0 { hash } else { mix64(hash ^ u64::from(attempt)) };
         let host = self.table[(h % len) as usize];
         (host != EMPTY).then_some(host)
     }
@@ -155,13 +144,7 @@ mod tests {
     #[test]
     fn weighted_slot_counts() {
         let hosts: Vec<HostInfo> = (0..2)
-            .map(|i| HostInfo {
-                weight: 1,
-                priority: 0,
-                locality: 0,
-                healthy: true,
-                key: format!("h{i}"),
-            })
+            .map(|i| HostInfo { weight: 1, priority: 0, locality: 0, healthy: true, key: format!("h{i}") })
             .collect();
         let t = Maglev::build(&[(0, 1), (1, 3)], &hosts, 65537);
         let c0 = t.table.iter().filter(|&&h| h == 0).count();

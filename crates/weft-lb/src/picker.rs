@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rand::{Rng, RngCore};
+use rand::RngCore;
 
 use crate::maglev::Maglev;
 use crate::ring::Ring;
@@ -67,10 +67,7 @@ fn rr_counts(members: &[(u32, u64)]) -> Vec<u64> {
     if total <= u128::from(MAX_RR_CYCLE) {
         return reduced;
     }
-    reduced
-        .iter()
-        .map(|&w| ((u128::from(w) * u128::from(MAX_RR_CYCLE) / total) as u64).max(1))
-        .collect()
+    reduced.iter().map(|&w| ((u128::from(w) * u128::from(MAX_RR_CYCLE) / total) as u64).max(1)).collect()
 }
 
 impl Picker {
@@ -87,27 +84,17 @@ impl Picker {
                     cursor: AtomicUsize::new(0),
                 }
             }
-            Policy::Random => Picker::Random {
-                hosts: host_ids(members),
-                dist: distribution(members),
-            },
+            Policy::Random => Picker::Random { hosts: host_ids(members), dist: distribution(members) },
             Policy::LeastRequest { choice_count } => Picker::LeastRequest {
                 hosts: host_ids(members),
                 dist: distribution(members),
                 // 0 reads as "unset", hence Envoy's default of 2.
-                choices: if choice_count == 0 {
-                    2
-                } else {
-                    choice_count.min(MAX_CHOICES)
-                },
+                choices: if choice_count == 0 { 2 } else { choice_count.min(MAX_CHOICES) },
             },
-            Policy::RingHash {
-                min_ring_size,
-                max_ring_size,
-            } => Picker::Ring(Ring::build(members, hosts, min_ring_size, max_ring_size)),
-            Policy::Maglev { table_size } => {
-                Picker::Maglev(Maglev::build(members, hosts, table_size))
+            Policy::RingHash { min_ring_size, max_ring_size } => {
+                Picker::Ring(Ring::build(members, hosts, min_ring_size, max_ring_size))
             }
+            Policy::Maglev { table_size } => Picker::Maglev(Maglev::build(members, hosts, table_size)),
         }
     }
 
@@ -118,24 +105,16 @@ impl Picker {
                 if sequence.is_empty() {
                     return None;
                 }
-                if req.attempt > 0 {
-                    // A re-pick after landing on an excluded host: advancing
-                    // the cursor would hand every such retry to the excluded
-                    // host's successor in the cycle; a random slot of the
-                    // cycle spreads retries by weight instead.
-                    return Some(sequence[rng.gen_range(0..sequence.len())]);
-                }
+                // A re-pick after an excluded host just takes the next slot,
+                // like Envoy: every slot of the cycle is still consumed by
+                // exactly one pick, so the split stays exact.
                 // Wrap-around of the counter only causes one uneven step
                 // every 2^64 picks.
                 let i = cursor.fetch_add(1, Ordering::Relaxed);
                 Some(sequence[i % sequence.len()])
             }
             Picker::Random { hosts, dist } => dist.sample(rng).map(|i| hosts[i]),
-            Picker::LeastRequest {
-                hosts,
-                dist,
-                choices,
-            } => {
+            Picker::LeastRequest { hosts, dist, choices } => {
                 // Candidates are drawn in proportion to weight and the one
                 // with the fewest active requests wins, ties going to the
                 // earliest draw. Weight therefore counts once: with equal
@@ -145,10 +124,7 @@ impl Picker {
                 let mut best: Option<(bool, u32, u32)> = None;
                 for _ in 0..*choices {
                     let host = hosts[dist.sample(rng)?];
-                    let key = (
-                        req.exclude.contains(&(host as usize)),
-                        (req.active)(host as usize),
-                    );
+                    let key = (req.exclude.contains(&(host as usize)), (req.active)(host as usize));
                     if best.map_or(true, |(e, a, _)| key < (e, a)) {
                         best = Some((key.0, key.1, host));
                     }

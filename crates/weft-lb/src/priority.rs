@@ -57,16 +57,10 @@ pub(crate) fn compute(levels: &[LevelStats], overprovisioning: u32, panic_thresh
     let panic = hosts > 0 && panic_threshold > 0.0 && f64::from(total_health) < panic_threshold;
     if panic {
         let counts: Vec<u128> = levels.iter().map(|l| l.hosts as u128).collect();
-        return Loads {
-            percent: apportion_percent(&counts),
-            panic: true,
-        };
+        return Loads { percent: apportion_percent(&counts), panic: true };
     }
     if total_health == 0 {
-        return Loads {
-            percent: vec![0; levels.len()],
-            panic: false,
-        };
+        return Loads { percent: vec![0; levels.len()], panic: false };
     }
 
     let mut remaining = 100u32;
@@ -85,10 +79,7 @@ pub(crate) fn compute(levels: &[LevelStats], overprovisioning: u32, panic_thresh
             percent[i] += remaining;
         }
     }
-    Loads {
-        percent,
-        panic: false,
-    }
+    Loads { percent, panic: false }
 }
 
 /// Splits 100 percent proportionally to `weights` by largest remainder, so the
@@ -123,17 +114,10 @@ mod tests {
 
     #[test]
     fn health_never_rounds_to_zero() {
-        let s = LevelStats {
-            total_weight: 10_000,
-            healthy_weight: 1,
-            hosts: 10_000,
-        };
+        let s = LevelStats { total_weight: 10_000, healthy_weight: 1, hosts: 10_000 };
         assert_eq!(level_health(&s, 140), 1);
-        let huge = LevelStats {
-            total_weight: u128::from(u32::MAX) * 3,
-            healthy_weight: u128::from(u32::MAX) * 3,
-            hosts: 3,
-        };
+        let huge =
+            LevelStats { total_weight: u128::from(u32::MAX) * 3, healthy_weight: u128::from(u32::MAX) * 3, hosts: 3 };
         assert_eq!(level_health(&huge, u128::from(u32::MAX)), 100);
     }
 }

@@ -31,9 +31,7 @@ fn points(w: u64, exp: i32) -> u64 {
 }
 
 fn ring_len(members: &[(u32, u64)], exp: i32) -> u64 {
-    members
-        .iter()
-        .fold(0u64, |a, &(_, w)| a.saturating_add(points(w, exp)))
+    members.iter().fold(0u64, |a, &(_, w)| a.saturating_add(points(w, exp)))
 }
 
 /// Chooses the ring resolution as a power of two points per weight unit.
@@ -46,11 +44,7 @@ fn ring_len(members: &[(u32, u64)], exp: i32) -> u64 {
 fn resolution(members: &[(u32, u64)], min_size: u64, max_size: u64) -> i32 {
     let max_size = max_size.clamp(1, HARD_MAX_RING);
     let min_size = u128::from(min_size.clamp(1, max_size));
-    let total: u128 = members
-        .iter()
-        .map(|&(_, w)| u128::from(w))
-        .sum::<u128>()
-        .max(1);
+    let total: u128 = members.iter().map(|&(_, w)| u128::from(w)).sum::<u128>().max(1);
     let mut exp: i32 = 0;
     if total < min_size {
         while (total << exp) < min_size {
@@ -72,12 +66,7 @@ impl Ring {
     /// `members` are (host index, weight ≥ 1). The ring holds between
     /// `min_size` and `max_size` points (both clamped to 8M), except that every
     /// member gets at least one point even if that exceeds `max_size`.
-    pub(crate) fn build(
-        members: &[(u32, u64)],
-        hosts: &[HostInfo],
-        min_size: u64,
-        max_size: u64,
-    ) -> Ring {
+    pub(crate) fn build(members: &[(u32, u64)], hosts: &[HostInfo], min_size: u64, max_size: u64) -> Ring {
         if members.is_empty() {
             return Ring::default();
         }
@@ -85,10 +74,7 @@ impl Ring {
         let len = ring_len(members, exp);
         let mut entries: Vec<(u64, u32)> = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         for &(host, w) in members {
-            let key = hosts
-                .get(host as usize)
-                .map(|h| h.key.as_bytes())
-                .unwrap_or_default();
+            let key = hosts.get(host as usize).map(|h| h.key.as_bytes()).unwrap_or_default();
             // The point index is the seed, so a host's points are a fixed
             // function of its key and count: stable across rebuilds.
             for i in 0..points(w, exp) {
@@ -134,13 +120,7 @@ mod tests {
 
     fn hosts(n: usize) -> Vec<HostInfo> {
         (0..n)
-            .map(|i| HostInfo {
-                weight: 1,
-                priority: 0,
-                locality: 0,
-                healthy: true,
-                key: format!("10.0.0.{i}:80"),
-            })
+            .map(|i| HostInfo { weight: 1, priority: 0, locality: 0, healthy: true, key: format!("10.0.0.{i}:80") })
             .collect()
     }
 
@@ -148,10 +128,7 @@ mod tests {
     fn resolution_is_stable_when_one_host_leaves() {
         let ten: Vec<(u32, u64)> = (0..10).map(|i| (i, 1)).collect();
         let nine = &ten[..9];
-        assert_eq!(
-            resolution(&ten, 1024, 1 << 23),
-            resolution(nine, 1024, 1 << 23)
-        );
+        assert_eq!(resolution(&ten, 1024, 1 << 23), resolution(nine, 1024, 1 << 23));
         let len = ring_len(&ten, resolution(&ten, 1024, 1 << 23));
         assert!((1024..2048).contains(&len), "{len}");
     }

@@ -16,16 +16,7 @@ pub(crate) fn fit_u64(weights: &[u128]) -> Vec<u64> {
     let total = weights.iter().fold(0u128, |a, &w| a.saturating_add(w));
     // 62 bits leave room for the `max(1, ..)` bumps of up to 2^62 hosts.
     let shift = bit_len(total).saturating_sub(62);
-    weights
-        .iter()
-        .map(|&w| {
-            if w == 0 {
-                0
-            } else {
-                ((w >> shift) as u64).max(1)
-            }
-        })
-        .collect()
+    weights.iter().map(|&w| if w == 0 { 0 } else { ((w >> shift) as u64).max(1) }).collect()
 }
 
 /// Weighted choice over `len` items, O(1) when all weights are equal and
