@@ -46,11 +46,7 @@ impl HttpResponse {
     /// The body parsed as JSON; panics with the body if it is not.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "response body is not JSON ({e}): status {}, body {:?}",
-                self.status,
-                self.text()
-            )
+            panic!("response body is not JSON ({e}): status {}, body {:?}", self.status, self.text())
         })
     }
 }
@@ -112,33 +108,21 @@ impl HttpConn {
             .map(|(_, v)| v.to_string())
             .unwrap_or_else(|| self.addr.to_string());
         let h2 = matches!(self.sender, Sender::H2(_));
-        let uri = if h2 {
-            format!("http://{host}{path}")
-        } else {
-            path.to_string()
-        };
+        let uri = if h2 { format!("http://{host}{path}") } else { path.to_string() };
         let mut req = Request::builder()
             .method(method)
             .uri(&uri)
-            .version(if h2 {
-                Version::HTTP_2
-            } else {
-                Version::HTTP_11
-            })
+            .version(if h2 { Version::HTTP_2 } else { Version::HTTP_11 })
             .body(Full::new(body.into()))
             .with_context(|| format!("build request for {uri}"))?;
         if !h2 {
-            req.headers_mut()
-                .insert(http::header::HOST, HeaderValue::from_str(&host)?);
+            req.headers_mut().insert(http::header::HOST, HeaderValue::from_str(&host)?);
         }
         for (name, value) in headers {
             if name.eq_ignore_ascii_case("host") {
                 continue;
             }
-            req.headers_mut().append(
-                HeaderName::from_bytes(name.as_bytes())?,
-                HeaderValue::from_str(value)?,
-            );
+            req.headers_mut().append(HeaderName::from_bytes(name.as_bytes())?, HeaderValue::from_str(value)?);
         }
         let addr = self.addr;
         let exchange = async {
@@ -177,42 +161,15 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> anyhow::Result<HttpResponse> {
-    HttpConn::connect(addr, version)
-        .await?
-        .request(method, path, headers, body)
-        .await
+    HttpConn::connect(addr, version).await?.request(method, path, headers, body).await
 }
 
 /// `GET path` over HTTP/1.1 on a fresh connection.
-pub async fn http_get(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> anyhow::Result<HttpResponse> {
-    http_request(
-        addr,
-        HttpVersion::Http1,
-        Method::GET,
-        path,
-        headers,
-        Bytes::new(),
-    )
-    .await
+pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<HttpResponse> {
+    http_request(addr, HttpVersion::Http1, Method::GET, path, headers, Bytes::new()).await
 }
 
 /// `GET path` over h2c (prior knowledge) on a fresh connection.
-pub async fn h2c_get(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> anyhow::Result<HttpResponse> {
-    http_request(
-        addr,
-        HttpVersion::H2c,
-        Method::GET,
-        path,
-        headers,
-        Bytes::new(),
-    )
-    .await
+pub async fn h2c_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<HttpResponse> {
+    http_request(addr, HttpVersion::H2c, Method::GET, path, headers, Bytes::new()).await
 }

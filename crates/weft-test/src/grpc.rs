@@ -31,9 +31,7 @@ use tonic::{Code, Status};
 use tonic_prost::ProstCodec;
 
 use crate::http_backend::{Mode, ModeCell, RecordedRequest};
-use crate::server::{
-    serve_http, BoxError, ConnFn, Handler, Injected, RespBody, ServerHandle, Stats,
-};
+use crate::server::{serve_http, BoxError, ConnFn, Handler, Injected, RespBody, ServerHandle, Stats};
 
 /// Path of the unary method.
 pub const GRPC_SAY_PATH: &str = "/weft.test.Echo/Say";
@@ -134,13 +132,7 @@ impl GrpcBackend {
 
     /// The requests received so far (the last 10 000), as HTTP requests.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.inner
-            .requests
-            .lock()
-            .unwrap()
-            .iter()
-            .cloned()
-            .collect()
+        self.inner.requests.lock().unwrap().iter().cloned().collect()
     }
 
     pub fn mode(&self) -> Mode {
@@ -164,14 +156,10 @@ fn metadata_u64(md: &MetadataMap, name: &str) -> Option<u64> {
 }
 
 impl Inner {
-    async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-    ) -> Result<Response<RespBody>, BoxError> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<RespBody>, BoxError> {
         self.stats.hit();
         {
-            let record =
-                RecordedRequest::from_parts(req.method(), req.uri(), req.version(), req.headers());
+            let record = RecordedRequest::from_parts(req.method(), req.uri(), req.version(), req.headers());
             let mut log = self.requests.lock().unwrap();
             if log.len() >= MAX_RECORDED {
                 log.pop_front();
@@ -235,10 +223,8 @@ impl Service<tonic::Request<SayRequest>> for Say {
         let inner = self.0.clone();
         Box::pin(async move {
             inner.prologue(req.metadata()).await?;
-            let mut resp = tonic::Response::new(SayReply {
-                message: req.into_inner().message,
-                backend: inner.name.clone(),
-            });
+            let mut resp =
+                tonic::Response::new(SayReply { message: req.into_inner().message, backend: inner.name.clone() });
             inner.reply_metadata(resp.metadata_mut());
             Ok(resp)
         })
@@ -262,17 +248,10 @@ impl Service<tonic::Request<SayRequest>> for SayStream {
         let inner = self.0.clone();
         Box::pin(async move {
             inner.prologue(req.metadata()).await?;
-            let count = metadata_u64(req.metadata(), "x-stream-count")
-                .unwrap_or(3)
-                .min(MAX_STREAM_COUNT);
+            let count = metadata_u64(req.metadata(), "x-stream-count").unwrap_or(3).min(MAX_STREAM_COUNT);
             let message = req.into_inner().message;
             let replies: Vec<_> = (0..count)
-                .map(|i| {
-                    Ok(SayReply {
-                        message: format!("{message} #{i}"),
-                        backend: inner.name.clone(),
-                    })
-                })
+                .map(|i| Ok(SayReply { message: format!("{message} #{i}"), backend: inner.name.clone() }))
                 .collect();
             let mut resp = tonic::Response::new(tokio_stream::iter(replies));
             inner.reply_metadata(resp.metadata_mut());
@@ -305,10 +284,7 @@ impl GrpcClient {
 
     /// Like [`GrpcClient::connect`], but send `authority` as `:authority`
     /// (for host-based routing through a proxy).
-    pub async fn connect_with_authority(
-        target: impl ToString,
-        authority: Option<&str>,
-    ) -> Result<GrpcClient, Status> {
+    pub async fn connect_with_authority(target: impl ToString, authority: Option<&str>) -> Result<GrpcClient, Status> {
         let uri = target_uri(&target.to_string());
         let mut endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|e| Status::invalid_argument(format!("bad gRPC target {uri}: {e}")))?
@@ -320,38 +296,22 @@ impl GrpcClient {
                 .map_err(|e| Status::invalid_argument(format!("bad authority {authority}: {e}")))?;
             endpoint = endpoint.origin(origin);
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(format!("connect {uri}: {}", error_chain(&e))))?;
-        Ok(GrpcClient {
-            grpc: tonic::client::Grpc::new(channel),
-        })
+        let channel =
+            endpoint.connect().await.map_err(|e| Status::unavailable(format!("connect {uri}: {}", error_chain(&e))))?;
+        Ok(GrpcClient { grpc: tonic::client::Grpc::new(channel) })
     }
 
     /// Call `Say`; the whole response, with its metadata.
-    pub async fn say(
-        &mut self,
-        message: &str,
-        metadata: &[(&str, &str)],
-    ) -> Result<tonic::Response<SayReply>, Status> {
+    pub async fn say(&mut self, message: &str, metadata: &[(&str, &str)]) -> Result<tonic::Response<SayReply>, Status> {
         let req = request(message, metadata)?;
         self.ready().await?;
         self.grpc
-            .unary(
-                req,
-                PathAndQuery::from_static(GRPC_SAY_PATH),
-                ProstCodec::<SayRequest, SayReply>::default(),
-            )
+            .unary(req, PathAndQuery::from_static(GRPC_SAY_PATH), ProstCodec::<SayRequest, SayReply>::default())
             .await
     }
 
     /// Call `SayStream` and collect every reply.
-    pub async fn say_stream(
-        &mut self,
-        message: &str,
-        metadata: &[(&str, &str)],
-    ) -> Result<Vec<SayReply>, Status> {
+    pub async fn say_stream(&mut self, message: &str, metadata: &[(&str, &str)]) -> Result<Vec<SayReply>, Status> {
         let req = request(message, metadata)?;
         self.ready().await?;
         let mut stream = self
@@ -371,17 +331,12 @@ impl GrpcClient {
     }
 
     async fn ready(&mut self) -> Result<(), Status> {
-        self.grpc
-            .ready()
-            .await
-            .map_err(|e| Status::unavailable(format!("channel not ready: {}", error_chain(&e))))
+        self.grpc.ready().await.map_err(|e| Status::unavailable(format!("channel not ready: {}", error_chain(&e))))
     }
 }
 
 fn request(message: &str, metadata: &[(&str, &str)]) -> Result<tonic::Request<SayRequest>, Status> {
-    let mut req = tonic::Request::new(SayRequest {
-        message: message.to_string(),
-    });
+    let mut req = tonic::Request::new(SayRequest { message: message.to_string() });
     for (name, value) in metadata {
         let key = MetadataKey::from_bytes(name.as_bytes())
             .map_err(|_| Status::invalid_argument(format!("bad metadata name {name:?}")))?;
@@ -394,11 +349,7 @@ fn request(message: &str, metadata: &[(&str, &str)]) -> Result<tonic::Request<Sa
 
 /// One `Say` call on a fresh connection to `target` (`127.0.0.1:PORT`, a
 /// `SocketAddr` or an `http://` URI), with the given request metadata.
-pub async fn grpc_say(
-    target: impl ToString,
-    message: &str,
-    metadata: &[(&str, &str)],
-) -> Result<SayReply, Status> {
+pub async fn grpc_say(target: impl ToString, message: &str, metadata: &[(&str, &str)]) -> Result<SayReply, Status> {
     let mut client = GrpcClient::connect(target).await?;
     Ok(client.say(message, metadata).await?.into_inner())
 }

@@ -11,9 +11,7 @@ use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-use crate::server::{
-    serve_http, BoxError, ConnFn, Handler, Injected, RawConn, RespBody, ServerHandle, Stats,
-};
+use crate::server::{serve_http, BoxError, ConnFn, Handler, Injected, RawConn, RespBody, ServerHandle, Stats};
 
 /// Longest delay `x-backend-delay-ms` can ask for.
 const MAX_DELAY: Duration = Duration::from_secs(30);
@@ -98,45 +96,27 @@ impl RecordedRequest {
         version: Version,
         headers: &HeaderMap,
     ) -> RecordedRequest {
-        let host = uri
-            .authority()
-            .map(|a| a.to_string())
-            .or_else(|| header_str(headers, "host"));
+        let host = uri.authority().map(|a| a.to_string()).or_else(|| header_str(headers, "host"));
         RecordedRequest {
             method: method.to_string(),
-            path: uri
-                .path_and_query()
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "/".to_string()),
+            path: uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".to_string()),
             host,
             version: format!("{version:?}"),
             headers: headers
                 .iter()
-                .map(|(n, v)| {
-                    (
-                        n.as_str().to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
+                .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                 .collect(),
         }
     }
 
     /// First value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// All values of header `name` (case-insensitive), in order.
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
     }
 
     fn headers_json(&self) -> serde_json::Value {
@@ -157,9 +137,7 @@ impl RecordedRequest {
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
 pub(crate) fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
@@ -167,19 +145,11 @@ pub(crate) fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
 }
 
 fn header_flag(headers: &HeaderMap, name: &str) -> bool {
-    matches!(
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim),
-        Some("1") | Some("true") | Some("yes")
-    )
+    matches!(headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim), Some("1") | Some("true") | Some("yes"))
 }
 
 pub(crate) fn full_body(bytes: impl Into<Bytes>) -> RespBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 struct Inner {
@@ -262,13 +232,7 @@ impl HttpBackend {
 
     /// The requests received so far (the last 10 000).
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.inner
-            .requests
-            .lock()
-            .unwrap()
-            .iter()
-            .cloned()
-            .collect()
+        self.inner.requests.lock().unwrap().iter().cloned().collect()
     }
 
     /// The most recent request, if any.
@@ -293,14 +257,9 @@ impl HttpBackend {
 }
 
 impl Inner {
-    async fn handle(
-        &self,
-        req: Request<Incoming>,
-        raw: Arc<RawConn>,
-    ) -> Result<Response<RespBody>, BoxError> {
+    async fn handle(&self, req: Request<Incoming>, raw: Arc<RawConn>) -> Result<Response<RespBody>, BoxError> {
         self.stats.hit();
-        let record =
-            RecordedRequest::from_parts(req.method(), req.uri(), req.version(), req.headers());
+        let record = RecordedRequest::from_parts(req.method(), req.uri(), req.version(), req.headers());
         {
             let mut log = self.requests.lock().unwrap();
             if log.len() >= MAX_RECORDED {
@@ -345,9 +304,7 @@ impl Inner {
                 .and_then(|c| StatusCode::from_u16(c).ok())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         };
-        let mut resp = Response::builder()
-            .status(status)
-            .header("x-backend", self.name.as_str());
+        let mut resp = Response::builder().status(status).header("x-backend", self.name.as_str());
         for value in headers.get_all("x-backend-header") {
             let Ok(value) = value.to_str() else { continue };
             if let Some((name, value)) = value.split_once('=') {
@@ -356,14 +313,10 @@ impl Inner {
         }
 
         let reply = if header_flag(headers, "x-backend-echo-body") {
-            resp.header("content-type", "application/octet-stream")
-                .body(full_body(body))
+            resp.header("content-type", "application/octet-stream").body(full_body(body))
         } else if let Some(size) = header_u64(headers, "x-backend-body-size") {
-            let size = usize::try_from(size)
-                .unwrap_or(MAX_BODY_SIZE)
-                .min(MAX_BODY_SIZE);
-            resp.header("content-type", "application/octet-stream")
-                .body(full_body(vec![b'x'; size]))
+            let size = usize::try_from(size).unwrap_or(MAX_BODY_SIZE).min(MAX_BODY_SIZE);
+            resp.header("content-type", "application/octet-stream").body(full_body(vec![b'x'; size]))
         } else {
             let json = serde_json::json!({
                 "backend": self.name,
@@ -374,8 +327,7 @@ impl Inner {
                 "headers": record.headers_json(),
                 "body_len": body.len(),
             });
-            resp.header("content-type", "application/json")
-                .body(full_body(json.to_string()))
+            resp.header("content-type", "application/json").body(full_body(json.to_string()))
         };
         // Only an invalid x-backend-header can make the builder fail.
         Ok(reply.unwrap_or_else(|e| {

@@ -29,9 +29,7 @@ mod util;
 mod ws;
 
 pub use client::{h2c_get, http_get, http_request, HttpConn, HttpResponse, HttpVersion};
-pub use grpc::{
-    grpc_say, GrpcBackend, GrpcClient, SayReply, SayRequest, GRPC_SAY_PATH, GRPC_SAY_STREAM_PATH,
-};
+pub use grpc::{grpc_say, GrpcBackend, GrpcClient, SayReply, SayRequest, GRPC_SAY_PATH, GRPC_SAY_STREAM_PATH};
 pub use http_backend::{HttpBackend, Mode, RecordedRequest};
 pub use process::{ReadyInfo, WeftBuilder, WeftProcess};
 pub use util::wait_for;

@@ -28,8 +28,7 @@ pub struct ReadyInfo {
 
 impl ReadyInfo {
     pub fn parse(text: &str) -> anyhow::Result<ReadyInfo> {
-        let raw: serde_json::Value =
-            serde_json::from_str(text).context("ready file is not JSON")?;
+        let raw: serde_json::Value = serde_json::from_str(text).context("ready file is not JSON")?;
         let admin = raw
             .get("admin")
             .and_then(|v| v.as_str())
@@ -38,9 +37,7 @@ impl ReadyInfo {
             .context("ready file: bad \"admin\" address")?;
         let mut listeners = BTreeMap::new();
         if let Some(map) = raw.get("listeners") {
-            let map = map
-                .as_object()
-                .ok_or_else(|| anyhow!("ready file: \"listeners\" is not an object"))?;
+            let map = map.as_object().ok_or_else(|| anyhow!("ready file: \"listeners\" is not an object"))?;
             for (name, addr) in map {
                 let addr = addr
                     .as_str()
@@ -50,11 +47,7 @@ impl ReadyInfo {
                 listeners.insert(name.clone(), addr);
             }
         }
-        Ok(ReadyInfo {
-            admin,
-            listeners,
-            raw,
-        })
+        Ok(ReadyInfo { admin, listeners, raw })
     }
 }
 
@@ -78,10 +71,7 @@ impl WeftBuilder {
             envs: Vec::new(),
             cwd: None,
             ready_timeout: DEFAULT_READY_TIMEOUT,
-            dir: tempfile::Builder::new()
-                .prefix("weft-test-")
-                .tempdir()
-                .expect("create a temporary directory"),
+            dir: tempfile::Builder::new().prefix("weft-test-").tempdir().expect("create a temporary directory"),
         }
     }
 
@@ -111,14 +101,12 @@ impl WeftBuilder {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
         self
     }
 
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> WeftBuilder {
-        self.envs
-            .push((key.as_ref().to_os_string(), value.as_ref().to_os_string()));
+        self.envs.push((key.as_ref().to_os_string(), value.as_ref().to_os_string()));
         self
     }
 
@@ -173,9 +161,7 @@ impl WeftBuilder {
             cmd.current_dir(cwd);
         }
         let command_line = format!("{} {}", self.bin.display(), join_args(&self.args));
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawn {command_line}"))?;
+        let child = cmd.spawn().with_context(|| format!("spawn {command_line}"))?;
 
         let mut process = WeftProcess {
             child,
@@ -213,9 +199,7 @@ impl WeftBuilder {
                     process.command_line,
                     self.ready_timeout,
                     process.ready_file.display(),
-                    last_parse_error
-                        .map(|e| format!("; last parse error: {e}"))
-                        .unwrap_or_default(),
+                    last_parse_error.map(|e| format!("; last parse error: {e}")).unwrap_or_default(),
                     process.output_report()
                 );
             }
@@ -238,10 +222,7 @@ fn find_ready_file(args: &[OsString]) -> Option<PathBuf> {
 }
 
 fn join_args(args: &[OsString]) -> String {
-    args.iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
+    args.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -326,8 +307,8 @@ impl WeftProcess {
 
     /// Read the ready file again (e.g. after a reload changed listeners).
     pub fn reread_ready(&mut self) -> anyhow::Result<&ReadyInfo> {
-        let text = std::fs::read_to_string(&self.ready_file)
-            .with_context(|| format!("read {}", self.ready_file.display()))?;
+        let text =
+            std::fs::read_to_string(&self.ready_file).with_context(|| format!("read {}", self.ready_file.display()))?;
         self.ready = Some(ReadyInfo::parse(&text)?);
         Ok(self.ready())
     }
@@ -348,21 +329,12 @@ impl WeftProcess {
     /// Send `sig` (e.g. [`crate::SIGHUP`], [`crate::SIGTERM`]). Panics if
     /// the process has already been reaped.
     pub fn signal(&self, sig: i32) {
-        assert!(
-            self.exit.is_none(),
-            "cannot signal weft: it already exited with {:?}",
-            self.exit
-        );
+        assert!(self.exit.is_none(), "cannot signal weft: it already exited with {:?}", self.exit);
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
         // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
         // own unreaped child, so it cannot have been recycled.
         let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({pid}, {sig}): {}",
-            std::io::Error::last_os_error()
-        );
+        assert_eq!(rc, 0, "kill({pid}, {sig}): {}", std::io::Error::last_os_error());
     }
 
     /// The exit status, if the process has exited (does not block).
@@ -394,16 +366,12 @@ impl WeftProcess {
 
     /// Everything the process wrote to stdout so far.
     pub fn stdout_text(&self) -> String {
-        std::fs::read(&self.stdout_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        std::fs::read(&self.stdout_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
     /// Everything the process wrote to stderr so far.
     pub fn stderr_text(&self) -> String {
-        std::fs::read(&self.stderr_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        std::fs::read(&self.stderr_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
     /// Wait until stderr contains `needle`; returns whether it did within

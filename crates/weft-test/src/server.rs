@@ -29,11 +29,8 @@ pub(crate) type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub(crate) type ConnFn = Arc<dyn Fn(TcpStream, SocketAddr) -> BoxFut<()> + Send + Sync>;
 
 /// What an HTTP backend does with one request.
-pub(crate) type Handler = Arc<
-    dyn Fn(Request<Incoming>, Arc<RawConn>) -> BoxFut<Result<Response<RespBody>, BoxError>>
-        + Send
-        + Sync,
->;
+pub(crate) type Handler =
+    Arc<dyn Fn(Request<Incoming>, Arc<RawConn>) -> BoxFut<Result<Response<RespBody>, BoxError>> + Send + Sync>;
 
 /// Counters shared between a server and its handle.
 #[derive(Default)]
@@ -59,20 +56,12 @@ pub(crate) struct ServerHandle {
 impl ServerHandle {
     /// Bind `127.0.0.1:0` and serve every accepted connection with `on_conn`.
     pub fn start(stats: Arc<Stats>, on_conn: ConnFn) -> ServerHandle {
-        let std_listener =
-            std::net::TcpListener::bind("127.0.0.1:0").expect("bind a test server on 127.0.0.1:0");
-        std_listener
-            .set_nonblocking(true)
-            .expect("make the test listener non-blocking");
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a test server on 127.0.0.1:0");
+        std_listener.set_nonblocking(true).expect("make the test listener non-blocking");
         let addr = std_listener.local_addr().expect("test listener address");
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = runtime::spawn(accept_loop(std_listener, stop_rx, stats.clone(), on_conn));
-        ServerHandle {
-            addr,
-            stats,
-            stop: Some(stop_tx),
-            task: Some(task),
-        }
+        ServerHandle { addr, stats, stop: Some(stop_tx), task: Some(task) }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -94,10 +83,7 @@ impl ServerHandle {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            if tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(Duration::from_secs(10), task).await.is_err() {
                 panic!("test server {} did not shut down within 10 s", self.addr);
             }
         }
@@ -149,11 +135,7 @@ pub(crate) struct RawConn {
 
 impl RawConn {
     fn new(stream: &TcpStream) -> RawConn {
-        let sock = stream
-            .as_fd()
-            .try_clone_to_owned()
-            .ok()
-            .map(std::net::TcpStream::from);
+        let sock = stream.as_fd().try_clone_to_owned().ok().map(std::net::TcpStream::from);
         RawConn { sock }
     }
 
@@ -199,9 +181,7 @@ pub(crate) async fn serve_http(stream: TcpStream, handler: Handler) {
     let builder = auto::Builder::new(TokioExecutor::new());
     // Errors here are the client going away or one of the injected
     // failures; neither is interesting.
-    let _ = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .await;
+    let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
 }
 
 /// The per-connection hyper service: hands each request to the handler

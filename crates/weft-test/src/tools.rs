@@ -25,16 +25,12 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
         return is_executable(&path).then_some(path);
     }
     let path = env::var_os("PATH")?;
-    env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
+    env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| is_executable(candidate))
 }
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 /// The workspace root: the nearest ancestor of the current directory (cargo
@@ -52,11 +48,7 @@ pub fn workspace_root() -> PathBuf {
         }
     }
     let built_in = Path::new(env!("CARGO_MANIFEST_DIR"));
-    built_in
-        .ancestors()
-        .find(|d| is_root(d))
-        .unwrap_or(built_in)
-        .to_path_buf()
+    built_in.ancestors().find(|d| is_root(d)).unwrap_or(built_in).to_path_buf()
 }
 
 /// The Envoy binary: `$ENVOY_BIN`, else `.venv/bin/envoy` under the
@@ -91,10 +83,7 @@ pub fn venv_python() -> PathBuf {
     if is_executable(&python) {
         return python;
     }
-    panic!(
-        "{} not found: run scripts/test.sh, which installs it",
-        python.display()
-    );
+    panic!("{} not found: run scripts/test.sh, which installs it", python.display());
 }
 
 /// False only when `WEFT_SKIP_ROOT_TESTS=1`.

@@ -49,19 +49,10 @@ impl WsBackend {
         let conn_log = handshakes.clone();
         let conn_name = name.to_string();
         let on_conn: ConnFn = Arc::new(move |stream, _peer| {
-            Box::pin(echo(
-                stream,
-                conn_name.clone(),
-                conn_stats.clone(),
-                conn_log.clone(),
-            ))
+            Box::pin(echo(stream, conn_name.clone(), conn_stats.clone(), conn_log.clone()))
         });
         let server = ServerHandle::start(stats, on_conn);
-        WsBackend {
-            name: name.to_string(),
-            handshakes,
-            server,
-        }
+        WsBackend { name: name.to_string(), handshakes, server }
     }
 
     pub fn name(&self) -> &str {
@@ -99,17 +90,11 @@ impl WsBackend {
     }
 }
 
-async fn echo(
-    stream: TcpStream,
-    name: String,
-    stats: Arc<Stats>,
-    log: Arc<Mutex<VecDeque<RecordedRequest>>>,
-) {
+async fn echo(stream: TcpStream, name: String, stats: Arc<Stats>, log: Arc<Mutex<VecDeque<RecordedRequest>>>) {
     // The callback's signature is tungstenite's; its error type is large.
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, mut resp: Response| {
-        let record =
-            RecordedRequest::from_parts(req.method(), req.uri(), req.version(), req.headers());
+        let record = RecordedRequest::from_parts(req.method(), req.uri(), req.version(), req.headers());
         let mut log = log.lock().unwrap();
         if log.len() >= MAX_RECORDED {
             log.pop_front();
@@ -141,11 +126,7 @@ async fn echo(
 
 /// Open a WebSocket to `ws://ADDR/PATH` with extra request headers (a
 /// `host` header replaces the default one). Times out after 10 s.
-pub async fn ws_connect(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> anyhow::Result<WsClient> {
+pub async fn ws_connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<WsClient> {
     Ok(ws_connect_with_response(addr, path, headers).await?.0)
 }
 
@@ -156,14 +137,10 @@ pub async fn ws_connect_with_response(
     headers: &[(&str, &str)],
 ) -> anyhow::Result<(WsClient, WsResponse)> {
     let url = format!("ws://{addr}{path}");
-    let mut req = url
-        .as_str()
-        .into_client_request()
-        .with_context(|| format!("build WebSocket request for {url}"))?;
+    let mut req = url.as_str().into_client_request().with_context(|| format!("build WebSocket request for {url}"))?;
     for (name, value) in headers {
         let name = http::HeaderName::from_bytes(name.as_bytes())?;
-        req.headers_mut()
-            .insert(name, HeaderValue::from_str(value)?);
+        req.headers_mut().insert(name, HeaderValue::from_str(value)?);
     }
     let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))
         .await
@@ -179,19 +156,13 @@ pub async fn ws_connect_with_response(
 
 /// Connect, send each message as text, read one reply per message, close.
 /// Returns the replies.
-pub async fn ws_echo(
-    addr: SocketAddr,
-    path: &str,
-    messages: &[&str],
-) -> anyhow::Result<Vec<String>> {
+pub async fn ws_echo(addr: SocketAddr, path: &str, messages: &[&str]) -> anyhow::Result<Vec<String>> {
     let mut ws = ws_connect(addr, path, &[]).await?;
     let mut replies = Vec::with_capacity(messages.len());
     for message in messages {
         ws.send(Message::text(*message)).await?;
         loop {
-            let next = tokio::time::timeout(TIMEOUT, ws.next())
-                .await
-                .context("no WebSocket reply within 10 s")?;
+            let next = tokio::time::timeout(TIMEOUT, ws.next()).await.context("no WebSocket reply within 10 s")?;
             match next {
                 Some(Ok(Message::Text(text))) => {
                     replies.push(text.to_string());

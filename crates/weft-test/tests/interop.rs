@@ -40,18 +40,9 @@ except grpc.RpcError as e:
 async fn grpcio_client_talks_to_grpc_backend() {
     let python = venv_python();
     let backend = GrpcBackend::start("py-target").await;
-    let out = Command::new(python)
-        .arg("-c")
-        .arg(PY_CLIENT)
-        .arg(backend.addr().to_string())
-        .output()
-        .unwrap();
+    let out = Command::new(python).arg("-c").arg(PY_CLIENT).arg(backend.addr().to_string()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "python grpc client failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "python grpc client failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(stdout, "from-python py-target\nUNAVAILABLE\n");
     assert_eq!(backend.hits(), 2);
 }

@@ -40,10 +40,7 @@ async fn starts_reads_ready_file_and_signals() {
     assert_eq!(weft.listener("grpc").port(), 10001);
     assert!(weft.stdout_text().contains("fake weft on stdout"));
     weft.signal(SIGHUP);
-    assert!(
-        weft.wait_for_stderr("reloading on HUP", Duration::from_secs(10))
-            .await
-    );
+    assert!(weft.wait_for_stderr("reloading on HUP", Duration::from_secs(10)).await);
     weft.signal(SIGTERM);
     let status = weft.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "{status}");
@@ -52,12 +49,7 @@ async fn starts_reads_ready_file_and_signals() {
 
 #[tokio::test]
 async fn early_exit_is_reported_with_stderr() {
-    let err = fake(WeftProcess::builder("/bin/sh"))
-        .arg("--fail")
-        .try_start()
-        .await
-        .err()
-        .expect("start must fail");
+    let err = fake(WeftProcess::builder("/bin/sh")).arg("--fail").try_start().await.err().expect("start must fail");
     let msg = format!("{err:#}");
     assert!(msg.contains("before becoming ready"), "{msg}");
     assert!(msg.contains("config error: boom"), "{msg}");
@@ -72,10 +64,7 @@ async fn ready_timeout_kills_and_reports() {
         .await
         .err()
         .expect("start must time out");
-    assert!(
-        format!("{err:#}").contains("did not become ready"),
-        "{err:#}"
-    );
+    assert!(format!("{err:#}").contains("did not become ready"), "{err:#}");
 }
 
 #[tokio::test]
@@ -86,9 +75,7 @@ async fn unknown_listener_panics_clearly() {
 }
 
 #[test]
-#[should_panic(
-    expected = "definitely-not-a-weft-tool not found: run scripts/test.sh, which installs it"
-)]
+#[should_panic(expected = "definitely-not-a-weft-tool not found: run scripts/test.sh, which installs it")]
 fn missing_tool_fails_clearly() {
     weft_test::tools::require_tool("definitely-not-a-weft-tool");
 }
