@@ -174,6 +174,8 @@ pub struct Balancer {
     levels: Vec<Level>,
     priorities: Vec<u32>,
     loads: Vec<u32>,
+    /// The level taking all traffic, if one does.
+    only_level: Option<usize>,
     panic: bool,
     /// Eligible hosts of every level that receives traffic, level by level;
     /// used for the bounded retry scan.
@@ -293,6 +295,7 @@ impl Balancer {
             hashing,
             levels,
             priorities: groups.iter().map(|g| hosts[g[0] as usize].priority).collect(),
+            only_level: loads.percent.iter().position(|&l| l == 100),
             loads: loads.percent,
             panic,
             eligible,
@@ -399,6 +402,10 @@ impl Balancer {
     /// The level to use: drawn from the loads, by the hash for hash policies
     /// so the same key always lands in the same level.
     fn choose_level(&self, hash: u64, rng: &mut dyn RngCore) -> Option<usize> {
+        // The common single-level cluster needs no draw at all.
+        if let Some(i) = self.only_level {
+            return Some(i);
+        }
         let r = if self.hashing { (mix64(hash) % 100) as u32 } else { rng.gen_range(0..100u32) };
         let mut acc = 0u32;
         for (i, &load) in self.loads.iter().enumerate() {
