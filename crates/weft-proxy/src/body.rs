@@ -1,0 +1,220 @@
+//! Body types on the request path: boxed bodies, a replayable request body for retries, and a
+//! response body that returns its HTTP/1 connection to the pool when the response is complete.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The one body type sent upstream and downstream.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn empty() -> ProxyBody {
+    http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn full(b: impl Into<Bytes>) -> ProxyBody {
+    http_body_util::Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn boxed<B>(b: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    b.map_err(Into::into).boxed_unsync()
+}
+
+/// A request body shared by all attempts of a request. Frames are forwarded as they arrive and
+/// kept (up to `limit` bytes) so that a retry can replay them; once more than `limit` bytes have
+/// passed, the copy is dropped and the body can no longer be replayed.
+pub struct ReplayBody {
+    shared: Arc<Mutex<ReplayState>>,
+    cursor: usize,
+}
+
+struct ReplayState {
+    source: Option<ProxyBody>,
+    frames: Vec<ReplayFrame>,
+    buffered: usize,
+    limit: usize,
+    overflowed: bool,
+    done: bool,
+    /// Number of bytes that any attempt has pulled from the source.
+    pulled: usize,
+}
+
+#[derive(Clone)]
+enum ReplayFrame {
+    Data(Bytes),
+    Trailers(HeaderMap),
+}
+
+impl ReplayBody {
+    pub fn new(source: ProxyBody, limit: usize) -> ReplayBody {
+        let done = source.is_end_stream();
+        ReplayBody {
+            shared: Arc::new(Mutex::new(ReplayState {
+                source: Some(source),
+                frames: Vec::new(),
+                buffered: 0,
+                limit,
+                overflowed: false,
+                done,
+                pulled: 0,
+            })),
+            cursor: 0,
+        }
+    }
+
+    /// A fresh reader for the next attempt, or None when the body can no longer be replayed.
+    pub fn replay(&self) -> Option<ReplayBody> {
+        let st = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if st.overflowed {
+            return None;
+        }
+        Some(ReplayBody { shared: self.shared.clone(), cursor: 0 })
+    }
+
+    /// True when the whole body has been read and is still held (a mirror can send it).
+    pub fn is_complete(&self) -> bool {
+        let st = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        st.done && !st.overflowed
+    }
+
+    /// Bytes read from the client so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).pulled as u64
+    }
+
+    /// True when nothing has been read from the client yet, or everything read is still held.
+    pub fn can_replay(&self) -> bool {
+        let st = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        !st.overflowed || st.pulled == 0
+    }
+}
+
+impl Body for ReplayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let mut st = this.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if this.cursor < st.frames.len() {
+            let f = st.frames[this.cursor].clone();
+            this.cursor += 1;
+            return Poll::Ready(Some(Ok(match f {
+                ReplayFrame::Data(d) => Frame::data(d),
+                ReplayFrame::Trailers(t) => Frame::trailers(t),
+            })));
+        }
+        if st.overflowed && this.cursor != usize::MAX {
+            // Another reader overflowed the copy after this one started: its bytes are gone.
+            return Poll::Ready(Some(Err("request body too large to replay".into())));
+        }
+        if st.done {
+            return Poll::Ready(None);
+        }
+        let Some(src) = st.source.as_mut() else { return Poll::Ready(None) };
+        match Pin::new(src).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                st.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                st.done = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map(|d| d.len()).unwrap_or(0);
+                st.pulled += len;
+                if !st.overflowed {
+                    if st.buffered + len > st.limit {
+                        st.overflowed = true;
+                        st.frames.clear();
+                        st.buffered = 0;
+                    } else if let Some(d) = frame.data_ref() {
+                        st.frames.push(ReplayFrame::Data(d.clone()));
+                        st.buffered += len;
+                    } else if let Some(t) = frame.trailers_ref() {
+                        st.frames.push(ReplayFrame::Trailers(t.clone()));
+                    }
+                }
+                // Keep this reader's cursor past what it has seen (buffered or not).
+                this.cursor = if st.overflowed { usize::MAX } else { st.frames.len() };
+                if st.source.as_ref().map(|s| s.is_end_stream()).unwrap_or(true) {
+                    st.done = true;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let st = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        st.done && (self.cursor >= st.frames.len())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let st = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if st.done && !st.overflowed {
+            let rest: usize = st
+                .frames
+                .iter()
+                .skip(self.cursor)
+                .map(|f| if let ReplayFrame::Data(d) = f { d.len() } else { 0 })
+                .sum();
+            return SizeHint::with_exact(rest as u64);
+        }
+        match st.source.as_ref() {
+            Some(s) if self.cursor == 0 && st.pulled == 0 => s.size_hint(),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    fn stream(chunks: &[&'static str]) -> ProxyBody {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+            chunks.iter().map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes())))).collect();
+        boxed(StreamBody::new(futures_util::stream::iter(frames)))
+    }
+
+    #[tokio::test]
+    async fn a_small_body_replays_for_every_attempt() {
+        let first = ReplayBody::new(stream(&["ab", "cd"]), 100);
+        let second = first.replay().unwrap();
+        assert_eq!(first.collect().await.unwrap().to_bytes(), "abcd");
+        assert_eq!(second.collect().await.unwrap().to_bytes(), "abcd");
+    }
+
+    #[tokio::test]
+    async fn a_retry_during_the_first_attempt_sees_the_whole_body() {
+        let mut first = ReplayBody::new(stream(&["ab", "cd", "ef"]), 100);
+        let f = first.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "ab");
+        let second = first.replay().unwrap();
+        assert_eq!(second.collect().await.unwrap().to_bytes(), "abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_large_body_streams_once_and_cannot_replay() {
+        let first = ReplayBody::new(stream(&["abc", "def"]), 4);
+        let copy = first.replay().unwrap();
+        assert_eq!(first.collect().await.unwrap().to_bytes(), "abcdef");
+        assert!(copy.shared.lock().unwrap().overflowed);
+        assert!(copy.replay().is_none());
+    }
+}

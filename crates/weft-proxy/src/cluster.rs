@@ -1,0 +1,689 @@
+//! Upstream clusters at run time: hosts with their health, the balancer over them, per-worker
+//! connection pools, circuit-breaker counters, outlier ejection, active health checks and DNS.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use weft_config::{Cluster, Discovery, EndpointAddress, EndpointHealth, HealthCheckKind, Labels, LbPolicy};
+
+use crate::body::ProxyBody;
+use crate::worker;
+
+/// Why an upstream connection could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {0} timed out")]
+    Timeout(SocketAddr),
+    #[error("connect to {0} failed: {1}")]
+    Io(SocketAddr, std::io::Error),
+    #[error("handshake with {0} failed: {1}")]
+    Handshake(SocketAddr, hyper::Error),
+    #[error("cluster connection limit reached")]
+    Overflow,
+}
+
+/// Result of one attempt, as outlier detection sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Status(u16),
+    ConnectFailure,
+    Reset,
+    Timeout,
+}
+
+#[derive(Default)]
+pub struct HostOutlier {
+    consecutive_5xx: AtomicU32,
+    consecutive_gateway: AtomicU32,
+    consecutive_local: AtomicU32,
+    times_ejected: AtomicU32,
+    ejected: AtomicBool,
+    /// Ejection end, as milliseconds since the cluster's epoch.
+    ejected_until_ms: AtomicU64,
+}
+
+pub struct Host {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub priority: u32,
+    pub locality: u32,
+    pub metadata: Labels,
+    pub eds_health: EndpointHealth,
+    pub active_requests: AtomicU32,
+    pub hc_failed: AtomicBool,
+    hc_fails: AtomicU32,
+    hc_oks: AtomicU32,
+    pub outlier: HostOutlier,
+    pub rq_total: AtomicU64,
+    pub rq_error: AtomicU64,
+    pub cx_connect_fail: AtomicU64,
+    pools: Box<[Mutex<Pool>]>,
+}
+
+impl Host {
+    fn new(
+        addr: SocketAddr,
+        weight: u32,
+        priority: u32,
+        locality: u32,
+        metadata: Labels,
+        eds_health: EndpointHealth,
+    ) -> Host {
+        Host {
+            addr,
+            weight,
+            priority,
+            locality,
+            metadata,
+            eds_health,
+            active_requests: AtomicU32::new(0),
+            hc_failed: AtomicBool::new(false),
+            hc_fails: AtomicU32::new(0),
+            hc_oks: AtomicU32::new(0),
+            outlier: HostOutlier::default(),
+            rq_total: AtomicU64::new(0),
+            rq_error: AtomicU64::new(0),
+            cx_connect_fail: AtomicU64::new(0),
+            pools: (0..worker::pool_slots()).map(|_| Mutex::new(Pool::default())).collect(),
+        }
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.eds_health == EndpointHealth::Healthy
+            && !self.hc_failed.load(Relaxed)
+            && !self.outlier.ejected.load(Relaxed)
+    }
+
+    pub fn ejected(&self) -> bool {
+        self.outlier.ejected.load(Relaxed)
+    }
+
+    fn pool(&self) -> &Mutex<Pool> {
+        &self.pools[worker::current() % self.pools.len()]
+    }
+
+    /// Closes idle pooled connections (config change, or the host left the cluster).
+    fn clear_pools(&self) {
+        for p in self.pools.iter() {
+            let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+            p.idle_h1.clear();
+            p.h2 = None;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pool {
+    idle_h1: Vec<IdleConn>,
+    h2: Option<http2::SendRequest<ProxyBody>>,
+}
+
+struct IdleConn {
+    tx: http1::SendRequest<ProxyBody>,
+    since: Instant,
+    uses: u32,
+}
+
+/// A connection checked out of the pool for one request.
+pub enum Conn {
+    H1 { tx: http1::SendRequest<ProxyBody>, uses: u32 },
+    H2(http2::SendRequest<ProxyBody>),
+}
+
+/// The hosts of a cluster and the balancer built over their current health.
+pub struct HostSet {
+    pub hosts: Vec<Arc<Host>>,
+    pub balancer: weft_lb::Balancer,
+}
+
+#[derive(Default)]
+pub struct ClusterStats {
+    pub rq_total: AtomicU64,
+    pub rq_active: AtomicU32,
+    pub rq_pending_active: AtomicU32,
+    pub rq_retry: AtomicU64,
+    pub rq_retry_overflow: AtomicU64,
+    pub rq_retry_success: AtomicU64,
+    pub rq_timeout: AtomicU64,
+    pub rq_overflow: AtomicU64,
+    pub retries_active: AtomicU32,
+    pub cx_active: AtomicU32,
+    pub cx_total: AtomicU64,
+    pub cx_connect_fail: AtomicU64,
+    pub cx_overflow: AtomicU64,
+    pub ejections_total: AtomicU64,
+    pub ejections_active: AtomicU32,
+    pub ejections_overflow: AtomicU64,
+    pub hc_failures: AtomicU64,
+    pub membership_healthy: AtomicU32,
+    pub membership_total: AtomicU32,
+}
+
+pub struct ClusterRt {
+    pub cfg: Arc<Cluster>,
+    pub set: ArcSwap<HostSet>,
+    pub stats: Arc<ClusterStats>,
+    /// Metric handles per label set (see metrics.rs).
+    pub metrics: crate::metrics::Cache,
+    epoch: Instant,
+    rebuild_lock: Mutex<()>,
+    /// Hosts made on demand for ORIGINAL_DST clusters.
+    original_dst: Mutex<HashMap<SocketAddr, Arc<Host>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for ClusterRt {
+    fn drop(&mut self) {
+        for t in self.tasks.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+fn lb_config(c: &Cluster) -> weft_lb::BalancerConfig {
+    let policy = match &c.lb_policy {
+        LbPolicy::RoundRobin => weft_lb::Policy::RoundRobin,
+        LbPolicy::LeastRequest { choice_count } => weft_lb::Policy::LeastRequest { choice_count: *choice_count },
+        LbPolicy::Random => weft_lb::Policy::Random,
+        LbPolicy::RingHash { min_ring_size, max_ring_size } => {
+            weft_lb::Policy::RingHash { min_ring_size: *min_ring_size, max_ring_size: *max_ring_size }
+        }
+        LbPolicy::Maglev { table_size } => weft_lb::Policy::Maglev { table_size: *table_size },
+    };
+    weft_lb::BalancerConfig { policy, panic_threshold_percent: c.panic_threshold_percent, overprovisioning_factor: 140 }
+}
+
+/// Addresses the config names directly (DNS endpoints are resolved separately).
+fn static_hosts(
+    c: &Cluster,
+    resolved: &HashMap<(String, u16), Vec<SocketAddr>>,
+) -> Vec<(SocketAddr, u32, u32, u32, Labels, EndpointHealth)> {
+    let mut out = Vec::new();
+    for (li, l) in c.localities.iter().enumerate() {
+        for e in &l.endpoints {
+            match &e.address {
+                EndpointAddress::Socket(a) => {
+                    out.push((*a, e.weight, l.priority, li as u32, e.metadata.clone(), e.health))
+                }
+                EndpointAddress::Dns { host, port } => {
+                    for a in resolved.get(&(host.clone(), *port)).into_iter().flatten() {
+                        out.push((*a, e.weight, l.priority, li as u32, e.metadata.clone(), e.health));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+impl ClusterRt {
+    /// Builds the run-time cluster, keeping hosts (their pools, health and ejection state) of
+    /// `previous` whose address and attributes are unchanged.
+    pub fn new(
+        cfg: Arc<Cluster>,
+        previous: Option<&ClusterRt>,
+        resolved: &HashMap<(String, u16), Vec<SocketAddr>>,
+    ) -> Arc<ClusterRt> {
+        let rt = ClusterRt {
+            set: ArcSwap::from_pointee(HostSet {
+                hosts: vec![],
+                balancer: weft_lb::Balancer::build(&lb_config(&cfg), &[], &[]),
+            }),
+            cfg,
+            stats: previous.map(|p| p.stats.clone()).unwrap_or_default(),
+            metrics: Default::default(),
+            epoch: previous.map(|p| p.epoch).unwrap_or_else(Instant::now),
+            rebuild_lock: Mutex::new(()),
+            original_dst: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Vec::new()),
+        };
+        let prev_hosts: Vec<Arc<Host>> = previous.map(|p| p.set.load().hosts.clone()).unwrap_or_default();
+        rt.set_hosts(static_hosts(&rt.cfg, resolved), &prev_hosts);
+        Arc::new(rt)
+    }
+
+    fn set_hosts(&self, specs: Vec<(SocketAddr, u32, u32, u32, Labels, EndpointHealth)>, prev: &[Arc<Host>]) {
+        let hosts: Vec<Arc<Host>> = specs
+            .into_iter()
+            .map(|(addr, w, p, l, md, h)| {
+                match prev.iter().find(|o| {
+                    o.addr == addr
+                        && o.weight == w
+                        && o.priority == p
+                        && o.locality == l
+                        && o.metadata == md
+                        && o.eds_health == h
+                }) {
+                    Some(o) => o.clone(),
+                    None => Arc::new(Host::new(addr, w, p, l, md, h)),
+                }
+            })
+            .collect();
+        for old in prev {
+            if !hosts.iter().any(|h| Arc::ptr_eq(h, old)) {
+                old.clear_pools();
+            }
+        }
+        self.rebuild_with(hosts);
+    }
+
+    /// Rebuilds the balancer after a health change.
+    pub fn rebuild(&self) {
+        let hosts = self.set.load().hosts.clone();
+        self.rebuild_with(hosts);
+    }
+
+    fn rebuild_with(&self, hosts: Vec<Arc<Host>>) {
+        let _g = self.rebuild_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let infos: Vec<weft_lb::HostInfo> = hosts
+            .iter()
+            .map(|h| weft_lb::HostInfo {
+                weight: h.weight,
+                priority: h.priority,
+                locality: h.locality,
+                healthy: h.healthy(),
+                key: h.addr.to_string(),
+            })
+            .collect();
+        let localities: Vec<weft_lb::LocalityInfo> =
+            self.cfg.localities.iter().map(|l| weft_lb::LocalityInfo { weight: l.weight }).collect();
+        let balancer = weft_lb::Balancer::build(&lb_config(&self.cfg), &infos, &localities);
+        self.stats.membership_total.store(hosts.len() as u32, Relaxed);
+        self.stats.membership_healthy.store(infos.iter().filter(|i| i.healthy).count() as u32, Relaxed);
+        self.set.store(Arc::new(HostSet { hosts, balancer }));
+    }
+
+    /// Chooses a host for an attempt, avoiding hosts already tried when possible.
+    pub fn pick(&self, hash: Option<u64>, tried: &[SocketAddr]) -> Option<Arc<Host>> {
+        let set = self.set.load();
+        let exclude: Vec<usize> = if tried.is_empty() {
+            Vec::new()
+        } else {
+            set.hosts.iter().enumerate().filter(|(_, h)| tried.contains(&h.addr)).map(|(i, _)| i).collect()
+        };
+        let hosts = &set.hosts;
+        let active = |i: usize| hosts.get(i).map(|h| h.active_requests.load(Relaxed)).unwrap_or(0);
+        let i = worker::with_rng(|rng| set.balancer.pick(hash, &active, &exclude, rng))?;
+        hosts.get(i).cloned()
+    }
+
+    /// The host for an ORIGINAL_DST cluster: the connection's own destination.
+    pub fn original_dst_host(&self, addr: SocketAddr) -> Arc<Host> {
+        let mut m = self.original_dst.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() > 4096 {
+            m.retain(|_, h| h.active_requests.load(Relaxed) > 0);
+        }
+        m.entry(addr)
+            .or_insert_with(|| Arc::new(Host::new(addr, 1, 0, 0, Labels::new(), EndpointHealth::Healthy)))
+            .clone()
+    }
+
+    pub fn is_original_dst(&self) -> bool {
+        matches!(self.cfg.discovery, Discovery::OriginalDst)
+    }
+
+    // ----- connections -------------------------------------------------------------------------
+
+    /// Takes an idle pooled connection or opens a new one. `h2` selects the upstream protocol.
+    pub async fn connection(self: &Arc<Self>, host: &Arc<Host>, h2: bool) -> Result<Conn, ConnectError> {
+        if h2 {
+            let existing = host.pool().lock().unwrap_or_else(|e| e.into_inner()).h2.clone();
+            if let Some(tx) = existing {
+                if !tx.is_closed() {
+                    return Ok(Conn::H2(tx));
+                }
+            }
+            let tx = self.connect_h2(host).await?;
+            host.pool().lock().unwrap_or_else(|e| e.into_inner()).h2 = Some(tx.clone());
+            return Ok(Conn::H2(tx));
+        }
+        loop {
+            let idle = {
+                let mut p = host.pool().lock().unwrap_or_else(|e| e.into_inner());
+                p.idle_h1.pop()
+            };
+            let Some(mut c) = idle else { break };
+            if c.tx.is_closed() || c.since.elapsed() > self.cfg.pool.idle_timeout {
+                continue;
+            }
+            // The connection task may not have observed the end of the previous response yet.
+            match tokio::time::timeout(Duration::from_secs(1), c.tx.ready()).await {
+                Ok(Ok(())) => return Ok(Conn::H1 { tx: c.tx, uses: c.uses }),
+                _ => continue,
+            }
+        }
+        let tx = self.connect_h1(host, false).await?;
+        Ok(Conn::H1 { tx, uses: 0 })
+    }
+
+    /// Returns an HTTP/1 connection after its response completed.
+    pub fn release(&self, host: &Host, tx: http1::SendRequest<ProxyBody>, uses: u32) {
+        if tx.is_closed() {
+            return;
+        }
+        if let Some(max) = self.cfg.pool.max_requests_per_connection {
+            if uses >= max {
+                return;
+            }
+        }
+        let mut p = host.pool().lock().unwrap_or_else(|e| e.into_inner());
+        if p.idle_h1.len() < self.cfg.pool.max_idle_per_endpoint {
+            p.idle_h1.push(IdleConn { tx, since: Instant::now(), uses });
+        }
+    }
+
+    async fn tcp(self: &Arc<Self>, host: &Host) -> Result<(TcpStream, CxGuard), ConnectError> {
+        let cb = &self.cfg.circuit_breakers;
+        if self.stats.cx_active.load(Relaxed) >= cb.max_connections {
+            self.stats.cx_overflow.fetch_add(1, Relaxed);
+            return Err(ConnectError::Overflow);
+        }
+        let guard = CxGuard::new(self.stats.clone());
+        match tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(host.addr)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok((s, guard))
+            }
+            Ok(Err(e)) => {
+                self.stats.cx_connect_fail.fetch_add(1, Relaxed);
+                host.cx_connect_fail.fetch_add(1, Relaxed);
+                Err(ConnectError::Io(host.addr, e))
+            }
+            Err(_) => {
+                self.stats.cx_connect_fail.fetch_add(1, Relaxed);
+                host.cx_connect_fail.fetch_add(1, Relaxed);
+                Err(ConnectError::Timeout(host.addr))
+            }
+        }
+    }
+
+    /// A raw TCP connection to the host (TCP proxy), counted against the cluster's limit.
+    pub async fn connect_tcp(self: &Arc<Self>, host: &Host) -> Result<(TcpStream, CxGuard), ConnectError> {
+        self.tcp(host).await
+    }
+
+    /// A dedicated HTTP/1 connection; `upgrades` keeps it usable for WebSocket tunnels.
+    pub async fn connect_h1(
+        self: &Arc<Self>,
+        host: &Host,
+        upgrades: bool,
+    ) -> Result<http1::SendRequest<ProxyBody>, ConnectError> {
+        let (stream, guard) = self.tcp(host).await?;
+        let (tx, conn) = http1::Builder::new()
+            .max_buf_size(1 << 20)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ConnectError::Handshake(host.addr, e))?;
+        tokio::spawn(async move {
+            let _guard = guard;
+            if upgrades {
+                let _ = conn.with_upgrades().await;
+            } else {
+                let _ = conn.await;
+            }
+        });
+        Ok(tx)
+    }
+
+    async fn connect_h2(self: &Arc<Self>, host: &Host) -> Result<http2::SendRequest<ProxyBody>, ConnectError> {
+        let (stream, guard) = self.tcp(host).await?;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ConnectError::Handshake(host.addr, e))?;
+        tokio::spawn(async move {
+            let _guard = guard;
+            let _ = conn.await;
+        });
+        Ok(tx)
+    }
+
+    // ----- outlier detection -------------------------------------------------------------------
+
+    /// Feeds one attempt's outcome to passive outlier detection.
+    pub fn report(self: &Arc<Self>, host: &Arc<Host>, outcome: Outcome) {
+        let Some(od) = &self.cfg.outlier_detection else { return };
+        let o = &host.outlier;
+        let (is_5xx, is_gateway, is_local) = match outcome {
+            Outcome::Status(s) if s >= 500 => (true, matches!(s, 502..=504), false),
+            Outcome::Status(_) => (false, false, false),
+            // Without split local/external errors Envoy counts these as a 503 (a gateway error).
+            Outcome::ConnectFailure | Outcome::Reset | Outcome::Timeout => (true, true, true),
+        };
+        if !is_5xx {
+            o.consecutive_5xx.store(0, Relaxed);
+            o.consecutive_gateway.store(0, Relaxed);
+            o.consecutive_local.store(0, Relaxed);
+            return;
+        }
+        let c5 = o.consecutive_5xx.fetch_add(1, Relaxed) + 1;
+        let cg = if is_gateway { o.consecutive_gateway.fetch_add(1, Relaxed) + 1 } else { 0 };
+        if !is_gateway {
+            o.consecutive_gateway.store(0, Relaxed);
+        }
+        let _cl = if is_local { o.consecutive_local.fetch_add(1, Relaxed) + 1 } else { 0 };
+        let trip = (od.consecutive_5xx > 0 && c5 >= od.consecutive_5xx)
+            || (od.consecutive_gateway_failure > 0 && cg >= od.consecutive_gateway_failure);
+        if trip {
+            self.eject(host);
+        }
+    }
+
+    fn eject(self: &Arc<Self>, host: &Arc<Host>) {
+        let Some(od) = &self.cfg.outlier_detection else { return };
+        if host.outlier.ejected.load(Relaxed) {
+            return;
+        }
+        let set = self.set.load();
+        let total = set.hosts.len().max(1) as u32;
+        let ejected = set.hosts.iter().filter(|h| h.ejected()).count() as u32;
+        // Envoy always allows ejecting one host, then enforces the percentage.
+        let allowed = ((total * od.max_ejection_percent) / 100).max(1);
+        if ejected >= allowed || od.max_ejection_percent == 0 {
+            self.stats.ejections_overflow.fetch_add(1, Relaxed);
+            return;
+        }
+        if host.outlier.ejected.swap(true, Relaxed) {
+            return;
+        }
+        let times = host.outlier.times_ejected.fetch_add(1, Relaxed) + 1;
+        let dur = (od.base_ejection_time * times).min(od.max_ejection_time.max(od.base_ejection_time));
+        let until = self.epoch.elapsed() + dur;
+        host.outlier.ejected_until_ms.store(until.as_millis() as u64, Relaxed);
+        host.outlier.consecutive_5xx.store(0, Relaxed);
+        host.outlier.consecutive_gateway.store(0, Relaxed);
+        self.stats.ejections_total.fetch_add(1, Relaxed);
+        self.stats.ejections_active.fetch_add(1, Relaxed);
+        tracing::info!(cluster = %self.cfg.name, upstream = %host.addr, ejection_ms = dur.as_millis() as u64, "outlier ejected");
+        self.rebuild();
+        let weak = Arc::downgrade(self);
+        let host = host.clone();
+        let task = worker::spawn_control(async move {
+            tokio::time::sleep(dur).await;
+            if let Some(c) = weak.upgrade() {
+                c.uneject(&host);
+            }
+        });
+        self.track(task);
+    }
+
+    fn uneject(&self, host: &Host) {
+        if host.outlier.ejected.swap(false, Relaxed) {
+            self.stats.ejections_active.fetch_sub(1, Relaxed);
+            tracing::info!(cluster = %self.cfg.name, upstream = %host.addr, "outlier ejection ended");
+            self.rebuild();
+        }
+    }
+
+    fn track(&self, t: tokio::task::JoinHandle<()>) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(t);
+    }
+
+    // ----- background: health checks and DNS -----------------------------------------------
+
+    /// Starts active health checking and DNS refresh for this cluster (on the control runtime).
+    pub fn start_background(self: &Arc<Self>) {
+        for (i, _) in self.cfg.health_checks.iter().enumerate() {
+            let weak = Arc::downgrade(self);
+            let t = worker::spawn_control(health_loop(weak, i));
+            self.track(t);
+        }
+        if let Discovery::StrictDns { refresh } = self.cfg.discovery {
+            let weak = Arc::downgrade(self);
+            let t = worker::spawn_control(dns_loop(weak, refresh));
+            self.track(t);
+        }
+    }
+
+    fn hc_result(&self, host: &Host, ok: bool, unhealthy_threshold: u32, healthy_threshold: u32) {
+        if ok {
+            host.hc_fails.store(0, Relaxed);
+            let oks = host.hc_oks.fetch_add(1, Relaxed) + 1;
+            if host.hc_failed.load(Relaxed) && oks >= healthy_threshold {
+                host.hc_failed.store(false, Relaxed);
+                tracing::info!(cluster = %self.cfg.name, upstream = %host.addr, "health check passing");
+                self.rebuild();
+            }
+        } else {
+            self.stats.hc_failures.fetch_add(1, Relaxed);
+            host.hc_oks.store(0, Relaxed);
+            let fails = host.hc_fails.fetch_add(1, Relaxed) + 1;
+            if !host.hc_failed.load(Relaxed) && fails >= unhealthy_threshold {
+                host.hc_failed.store(true, Relaxed);
+                tracing::warn!(cluster = %self.cfg.name, upstream = %host.addr, "health check failing");
+                self.rebuild();
+            }
+        }
+    }
+}
+
+/// Resolves every DNS endpoint of a cluster; used at load and on each refresh.
+pub async fn resolve_cluster(c: &Cluster) -> HashMap<(String, u16), Vec<SocketAddr>> {
+    let mut out = HashMap::new();
+    for l in &c.localities {
+        for e in &l.endpoints {
+            if let EndpointAddress::Dns { host, port } = &e.address {
+                let key = (host.clone(), *port);
+                if out.contains_key(&key) {
+                    continue;
+                }
+                let lookup = tokio::net::lookup_host((host.as_str(), *port));
+                match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+                    Ok(Ok(addrs)) => {
+                        let mut v: Vec<SocketAddr> = addrs.collect();
+                        v.sort();
+                        v.dedup();
+                        out.insert(key, v);
+                    }
+                    Ok(Err(e)) => tracing::warn!(cluster = %c.name, host = %host, error = %e, "DNS resolution failed"),
+                    Err(_) => tracing::warn!(cluster = %c.name, host = %host, "DNS resolution timed out"),
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn dns_loop(weak: Weak<ClusterRt>, refresh: Duration) {
+    loop {
+        tokio::time::sleep(refresh).await;
+        let Some(c) = weak.upgrade() else { return };
+        let cfg = c.cfg.clone();
+        drop(c);
+        let resolved = resolve_cluster(&cfg).await;
+        let Some(c) = weak.upgrade() else { return };
+        let specs = static_hosts(&c.cfg, &resolved);
+        let current = c.set.load();
+        let same =
+            specs.len() == current.hosts.len() && specs.iter().zip(current.hosts.iter()).all(|(s, h)| s.0 == h.addr);
+        // A failed lookup keeps the last known hosts rather than emptying the cluster.
+        if !same && !resolved.is_empty() {
+            let prev = current.hosts.clone();
+            c.set_hosts(specs, &prev);
+        }
+    }
+}
+
+async fn health_loop(weak: Weak<ClusterRt>, index: usize) {
+    // The first round runs at once so a dead host is found before the first interval.
+    loop {
+        let Some(c) = weak.upgrade() else { return };
+        let hc = c.cfg.health_checks[index].clone();
+        let hosts = c.set.load().hosts.clone();
+        let mut checks = Vec::with_capacity(hosts.len());
+        for h in hosts {
+            let kind = hc.kind.clone();
+            let timeout = hc.timeout;
+            checks.push(async move {
+                let ok = tokio::time::timeout(timeout, check_once(h.addr, &kind)).await.unwrap_or(false);
+                (h, ok)
+            });
+        }
+        drop(c);
+        let results = futures_util::future::join_all(checks).await;
+        let Some(c) = weak.upgrade() else { return };
+        for (h, ok) in results {
+            c.hc_result(&h, ok, hc.unhealthy_threshold, hc.healthy_threshold);
+        }
+        drop(c);
+        tokio::time::sleep(hc.interval).await;
+    }
+}
+
+async fn check_once(addr: SocketAddr, kind: &HealthCheckKind) -> bool {
+    let Ok(stream) = TcpStream::connect(addr).await else { return false };
+    match kind {
+        HealthCheckKind::Tcp => true,
+        HealthCheckKind::Http { path, host, expected_statuses } => {
+            let Ok((mut tx, conn)) = http1::handshake::<_, ProxyBody>(TokioIo::new(stream)).await else { return false };
+            let conn = tokio::spawn(conn);
+            let req = http::Request::get(path.as_str())
+                .header(http::header::HOST, host.clone().unwrap_or_else(|| addr.to_string()))
+                .header(http::header::USER_AGENT, "weft-health-check")
+                .header(http::header::CONNECTION, "close")
+                .body(crate::body::empty());
+            let Ok(req) = req else { return false };
+            let ok = match tx.send_request(req).await {
+                Ok(resp) => {
+                    let s = resp.status().as_u16();
+                    expected_statuses.iter().any(|(a, b)| (*a..=*b).contains(&s))
+                }
+                Err(_) => false,
+            };
+            conn.abort();
+            ok
+        }
+    }
+}
+
+/// Counts a live upstream connection against the cluster's limit for as long as it exists.
+/// Holds only the counters, so a pooled connection never keeps its cluster alive.
+pub struct CxGuard(Arc<ClusterStats>);
+
+impl CxGuard {
+    fn new(stats: Arc<ClusterStats>) -> CxGuard {
+        stats.cx_active.fetch_add(1, Relaxed);
+        stats.cx_total.fetch_add(1, Relaxed);
+        CxGuard(stats)
+    }
+}
+
+impl Drop for CxGuard {
+    fn drop(&mut self) {
+        self.0.cx_active.fetch_sub(1, Relaxed);
+    }
+}

@@ -1,0 +1,1126 @@
+//! The HTTP request path, in named phases: `early_request` (validation, hop-by-hop headers,
+//! request id), `route`, `fault`, `upstream_request` (cluster, balancer, pool, retries,
+//! timeouts), `response` (headers, flags) and `logging` (when the response body ends).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use rand::Rng;
+use weft_config::{
+    AbortStatus, ClusterSpecifier, Forward, RetryPolicy, Route, RouteAction, UpstreamProtocol, VirtualHost,
+};
+use weft_route::{RequestView, RouteTable};
+
+use crate::body::{self, ProxyBody, ReplayBody};
+use crate::cluster::{ClusterRt, Conn, ConnectError, Host, Outcome};
+use crate::flags::Flags;
+use crate::record::{Record, TrackedBody};
+use crate::snapshot::{HttpRt, Snapshot};
+use crate::{worker, Shared};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-weft-attempt-count");
+pub static X_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-weft-upstream-service-time");
+pub static X_RESPONSE_FLAGS: HeaderName = HeaderName::from_static("x-weft-response-flags");
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Per downstream connection: what every request on it shares.
+pub struct ConnCtx {
+    pub shared: Arc<Shared>,
+    pub snap: Arc<Snapshot>,
+    pub http: Arc<HttpRt>,
+    pub peer: SocketAddr,
+    /// The connection's destination (original destination when captured).
+    pub destination: SocketAddr,
+}
+
+/// The service hyper calls for each request.
+pub async fn serve(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let req = req.map(body::boxed);
+    Ok(handle(&ctx, req, start).await)
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes().starts_with(b"application/grpc")).unwrap_or(false)
+}
+
+fn protocol_label(v: Version, grpc: bool) -> &'static str {
+    if grpc {
+        "grpc"
+    } else if v == Version::HTTP_2 {
+        "http2"
+    } else {
+        "http"
+    }
+}
+
+async fn handle(ctx: &Arc<ConnCtx>, mut req: Request<ProxyBody>, start: Instant) -> Response<ProxyBody> {
+    // ---- early_request ------------------------------------------------------------------------
+    let grpc = is_grpc(req.headers());
+    let authority = match req.uri().authority() {
+        Some(a) => a.as_str().to_string(),
+        None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string(),
+    };
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let request_id = match req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ if ctx.http.hcm.generate_request_id => new_request_id(),
+        _ => String::new(),
+    };
+    let mut rec = Record::new(
+        start,
+        req.method().clone(),
+        authority.clone(),
+        path.clone(),
+        protocol_label(req.version(), grpc),
+        request_id.clone(),
+        ctx.peer,
+        ctx.http.reporter,
+    );
+    rec.user_agent = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+
+    if req.version() == Version::HTTP_11 && authority.is_empty() {
+        return local_reply(
+            ctx,
+            rec,
+            StatusCode::BAD_REQUEST,
+            Flags::DOWNSTREAM_PROTOCOL_ERROR,
+            "missing Host header",
+            grpc,
+            true,
+        );
+    }
+    if ctx.shared.draining.load(Relaxed) {
+        rec.close_connection = true;
+    }
+    let upgrade = websocket_upgrade(req.headers()) && req.version() == Version::HTTP_11;
+    strip_hop_by_hop(req.headers_mut(), grpc);
+
+    // ---- route --------------------------------------------------------------------------------
+    let Some(table) = ctx.http.routes.clone() else {
+        return local_reply(ctx, rec, StatusCode::NOT_FOUND, Flags::NO_ROUTE_FOUND, "no route", grpc, false);
+    };
+    let view = RequestView {
+        authority: &authority,
+        path: &path,
+        method: req.method().as_str(),
+        headers: req.headers(),
+        is_grpc: grpc,
+        port: ctx.destination.port(),
+    };
+    let Some(sel) = table.select(&view) else {
+        return local_reply(ctx, rec, StatusCode::NOT_FOUND, Flags::NO_ROUTE_FOUND, "no route", grpc, false);
+    };
+    let (vhost_i, route_i) = (sel.vhost_index, sel.route_index);
+    let vhost = &table.config().virtual_hosts[vhost_i];
+    let route = &vhost.routes[route_i];
+    rec.route = route.name.clone();
+
+    // ---- fault --------------------------------------------------------------------------------
+    if let Some(f) = &route.fault {
+        if let Some(d) = &f.delay {
+            if roll(d.fraction_per_million) {
+                rec.flags.insert(Flags::DELAY_INJECTED);
+                tokio::time::sleep(d.fixed).await;
+            }
+        }
+        if let Some(a) = &f.abort {
+            if roll(a.fraction_per_million) {
+                return match a.status {
+                    AbortStatus::Http(s) => local_reply(
+                        ctx,
+                        rec,
+                        StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                        Flags::FAULT_INJECTED,
+                        "fault filter abort",
+                        false,
+                        false,
+                    ),
+                    AbortStatus::Grpc(code) => grpc_reply(ctx, rec, code, "fault filter abort", Flags::FAULT_INJECTED),
+                };
+            }
+        }
+    }
+
+    match &route.action {
+        RouteAction::Direct(d) => {
+            let mut resp = Response::new(body::full(d.body.clone()));
+            *resp.status_mut() = StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK);
+            if !d.body.is_empty() {
+                resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            }
+            finish_response(ctx, &table, vhost, route, None, &mut resp, &rec);
+            rec.status = resp.status().as_u16();
+            TrackedBody::wrap(resp, rec, ctx.shared.clone(), None)
+        }
+        RouteAction::Redirect(r) => {
+            let scheme = ctx.http.hcm.forwarded_proto.as_str();
+            let loc = weft_route::redirect_location(r, scheme, &authority, &path, &route.matcher.path);
+            let mut resp = Response::new(body::empty());
+            *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+            if let Ok(v) = HeaderValue::from_str(&loc) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            finish_response(ctx, &table, vhost, route, None, &mut resp, &rec);
+            rec.status = resp.status().as_u16();
+            TrackedBody::wrap(resp, rec, ctx.shared.clone(), None)
+        }
+        RouteAction::Forward(fw) => {
+            forward(ctx, req, rec, &table, vhost, route, fw, upgrade, grpc, &authority, &path, &request_id).await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    ctx: &Arc<ConnCtx>,
+    mut req: Request<ProxyBody>,
+    mut rec: Record,
+    table: &Arc<RouteTable>,
+    vhost: &VirtualHost,
+    route: &Route,
+    fw: &Forward,
+    upgrade: bool,
+    grpc: bool,
+    authority: &str,
+    path: &str,
+    request_id: &str,
+) -> Response<ProxyBody> {
+    // ---- cluster ------------------------------------------------------------------------------
+    let (cluster_name, wc) = match &fw.cluster {
+        ClusterSpecifier::Single(n) => (n.as_str(), None),
+        ClusterSpecifier::Weighted(ws) => {
+            let total = weft_route::total_weight(ws);
+            let r = worker::with_rng(|rng| rng.gen_range(0..total.max(1)));
+            let w = weft_route::pick_weighted(ws, r);
+            (w.name.as_str(), Some(w))
+        }
+    };
+    let Some(cluster) = ctx.snap.clusters.get(cluster_name).cloned() else {
+        return local_reply(
+            ctx,
+            rec,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Flags::NO_CLUSTER_FOUND,
+            "cluster not found",
+            grpc,
+            false,
+        );
+    };
+    rec.cluster = Some(cluster.clone());
+
+    // ---- upstream request headers -------------------------------------------------------------
+    let headers = req.headers_mut();
+    let rc = table.config();
+    weft_route::apply_header_ops(headers, &rc.request_headers);
+    weft_route::apply_header_ops(headers, &vhost.request_headers);
+    weft_route::apply_header_ops(headers, &route.request_headers);
+    if let Some(w) = wc {
+        weft_route::apply_header_ops(headers, &w.request_headers);
+    }
+    if ctx.http.hcm.use_remote_address {
+        let ip = ctx.peer.ip().to_string();
+        let v = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+            _ => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&ctx.http.hcm.forwarded_proto) {
+            headers.insert(X_FORWARDED_PROTO.clone(), v);
+        }
+    }
+    if !request_id.is_empty() && !headers.contains_key(&X_REQUEST_ID) {
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            headers.insert(X_REQUEST_ID.clone(), v);
+        }
+    }
+    // The proxy answers 100-continue itself (hyper does when the body is first read).
+    headers.remove(header::EXPECT);
+    let new_path = weft_route::rewrite_path(fw, &route.matcher.path, path).unwrap_or_else(|| path.to_string());
+    let new_authority = fw.host_rewrite.clone().unwrap_or_else(|| authority.to_string());
+
+    let hash = if fw.hash_policy.is_empty() {
+        None
+    } else {
+        weft_route::request_hash(&fw.hash_policy, req.headers(), path, Some(ctx.peer.ip()))
+    };
+
+    // ---- circuit breaker: max requests -------------------------------------------------------
+    let cb = &cluster.cfg.circuit_breakers;
+    if cluster.stats.rq_active.load(Relaxed) >= cb.max_requests {
+        cluster.stats.rq_overflow.fetch_add(1, Relaxed);
+        return local_reply(
+            ctx,
+            rec,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Flags::UPSTREAM_OVERFLOW,
+            "upstream overflow",
+            grpc,
+            false,
+        );
+    }
+    rec.track_active(&cluster);
+
+    if upgrade && ctx.http.hcm.websocket {
+        return websocket(ctx, req, rec, &cluster, hash, &new_path, &new_authority).await;
+    }
+
+    let version = req.version();
+    let use_h2 = match cluster.cfg.protocol {
+        UpstreamProtocol::Http1 => false,
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::SameAsDownstream => version == Version::HTTP_2,
+    };
+
+    // ---- timeouts -----------------------------------------------------------------------------
+    let mut overall = fw.timeout;
+    if grpc {
+        if let Some(t) = req.headers().get(&GRPC_TIMEOUT).and_then(|v| parse_grpc_timeout(v.as_bytes())) {
+            let t = match fw.max_grpc_timeout {
+                Some(max) => t.min(max),
+                None => t,
+            };
+            overall = Some(t);
+        }
+    }
+    let retry: Option<&RetryPolicy> = fw.retry.as_ref().or(vhost.retry.as_ref());
+
+    let (parts, body) = req.into_parts();
+    let limit = ctx.http.hcm.limits.max_buffered_body_bytes;
+    // When no retry or mirror needs the body again, it goes upstream untouched.
+    let (replay, plain_body) = if retry.is_some() || !fw.mirrors.is_empty() {
+        (Some(ReplayBody::new(body, limit)), None)
+    } else {
+        (None, Some(body))
+    };
+
+    let attempt_loop = attempts(
+        ctx,
+        &cluster,
+        &parts,
+        replay.as_ref(),
+        plain_body,
+        retry,
+        hash,
+        use_h2,
+        &new_path,
+        &new_authority,
+        &mut rec,
+    );
+    let result = match overall {
+        Some(t) => match tokio::time::timeout(t, attempt_loop).await {
+            Ok(r) => r,
+            Err(_) => {
+                cluster.stats.rq_timeout.fetch_add(1, Relaxed);
+                Err(AttemptFail {
+                    status: StatusCode::GATEWAY_TIMEOUT,
+                    flags: Flags::UPSTREAM_REQUEST_TIMEOUT,
+                    msg: "upstream request timeout",
+                    grpc_code: if grpc { Some(4) } else { None },
+                })
+            }
+        },
+        None => attempt_loop.await,
+    };
+
+    // ---- response -----------------------------------------------------------------------------
+    match result {
+        Err(f) => {
+            rec.flags.insert(f.flags);
+            match (grpc, f.grpc_code) {
+                (true, Some(code)) => grpc_reply(ctx, rec, code, f.msg, Flags::EMPTY),
+                _ => local_reply(ctx, rec, f.status, Flags::EMPTY, f.msg, grpc, false),
+            }
+        }
+        Ok(up) => {
+            let mut resp = up.response;
+            strip_hop_by_hop(resp.headers_mut(), grpc);
+            let ust = up.upstream_time.as_millis().to_string();
+            if let Ok(v) = HeaderValue::from_str(&ust) {
+                resp.headers_mut().insert(X_UPSTREAM_SERVICE_TIME.clone(), v);
+            }
+            finish_response(ctx, table, vhost, route, wc.map(|w| &w.response_headers), &mut resp, &rec);
+            rec.status = resp.status().as_u16();
+            if grpc {
+                rec.grpc_status =
+                    resp.headers().get(&GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok());
+            }
+            rec.upstream = Some(up.host.addr);
+            rec.replay = replay.as_ref().and_then(|r| r.replay());
+            // ---- mirror (after the primary answered, so it never slows the caller) ----------
+            for m in &fw.mirrors {
+                if roll(m.fraction_per_million) {
+                    if let Some(c) = ctx.snap.clusters.get(&m.cluster).cloned() {
+                        spawn_mirror(c, &parts, replay.as_ref(), &new_path, &new_authority, use_h2);
+                    }
+                }
+            }
+            TrackedBody::wrap(
+                resp,
+                rec,
+                ctx.shared.clone(),
+                Some(crate::record::Upstream { cluster, host: up.host, release: up.release, _active: up.active }),
+            )
+        }
+    }
+}
+
+pub struct AttemptFail {
+    pub status: StatusCode,
+    pub flags: Flags,
+    pub msg: &'static str,
+    pub grpc_code: Option<u32>,
+}
+
+pub struct Upstream {
+    pub response: Response<ProxyBody>,
+    pub host: Arc<Host>,
+    pub upstream_time: Duration,
+    /// The HTTP/1 connection to return to the pool when the response ends.
+    pub release: Option<(hyper::client::conn::http1::SendRequest<ProxyBody>, u32)>,
+    /// Keeps the host's in-flight count (least-request) until the response ends.
+    pub active: ActiveGuard,
+}
+
+/// An attempt that produced no response.
+struct AttemptError {
+    fail: AttemptFail,
+    outcome: Outcome,
+    kind: RetryKind,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RetryKind {
+    ConnectFailure,
+    Reset,
+    RefusedStream,
+    Timeout,
+    /// Not retriable whatever the policy says (e.g. circuit breaker overflow).
+    Never,
+}
+
+fn retry_on_error(policy: &RetryPolicy, kind: RetryKind) -> bool {
+    let on = &policy.retry_on;
+    match kind {
+        RetryKind::ConnectFailure => on.connect_failure || on.status_5xx || on.gateway_error || on.reset,
+        RetryKind::Reset => on.reset || on.status_5xx || on.gateway_error,
+        RetryKind::RefusedStream => on.refused_stream || on.reset || on.status_5xx,
+        RetryKind::Timeout => on.status_5xx || on.gateway_error || on.reset,
+        RetryKind::Never => false,
+    }
+}
+
+/// Whether a response the upstream sent should be retried under `policy`.
+fn retry_on_response(policy: &RetryPolicy, r: &Response<ProxyBody>) -> bool {
+    let on = &policy.retry_on;
+    let s = r.status().as_u16();
+    let grpc = r.headers().get(&GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u32>().ok());
+    (on.status_5xx && s >= 500)
+        || (on.gateway_error && matches!(s, 502..=504))
+        || (on.retriable_4xx && s == 409)
+        || (on.retriable_status_codes && policy.retriable_status_codes.contains(&s))
+        || grpc.map(|c| on.grpc_status_retriable(c)).unwrap_or(false)
+        || (on.retriable_headers && policy.retriable_headers.iter().any(|m| header_matches(m, r.headers())))
+}
+
+fn header_matches(m: &weft_config::HeaderMatcher, headers: &HeaderMap) -> bool {
+    use weft_config::HeaderRule;
+    let v = headers.get(m.name.as_str()).and_then(|v| v.to_str().ok());
+    let hit = match &m.rule {
+        HeaderRule::Present(p) => v.is_some() == *p,
+        HeaderRule::Value(sm) => v.map(|v| sm.matches(v)).unwrap_or(false),
+    };
+    hit != m.invert
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempts(
+    ctx: &Arc<ConnCtx>,
+    cluster: &Arc<ClusterRt>,
+    parts: &http::request::Parts,
+    replay: Option<&ReplayBody>,
+    mut plain_body: Option<ProxyBody>,
+    retry: Option<&RetryPolicy>,
+    hash: Option<u64>,
+    use_h2: bool,
+    path: &str,
+    authority: &str,
+    rec: &mut Record,
+) -> Result<Upstream, AttemptFail> {
+    let max_retries = retry.map(|r| r.num_retries).unwrap_or(0);
+    let per_try = retry.and_then(|r| r.per_try_timeout);
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut attempt: u32 = 0;
+    let mut retry_guard: Option<RetryGuard> = None;
+    loop {
+        attempt += 1;
+        rec.attempts = attempt;
+        let host = if cluster.is_original_dst() {
+            Some(cluster.original_dst_host(ctx.destination))
+        } else {
+            cluster.pick(hash, &tried)
+        };
+        let Some(host) = host else {
+            return Err(AttemptFail {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                flags: Flags::NO_HEALTHY_UPSTREAM,
+                msg: "no healthy upstream",
+                grpc_code: Some(14),
+            });
+        };
+        tried.push(host.addr);
+        let body = match replay {
+            Some(r) => r.replay().map(body::boxed),
+            None => plain_body.take(),
+        };
+        let Some(body) = body else {
+            // The body streamed past the replay buffer: this request cannot be sent again.
+            rec.flags.insert(Flags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+            return Err(AttemptFail {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                flags: Flags::EMPTY,
+                msg: "request body too large to retry",
+                grpc_code: Some(14),
+            });
+        };
+        let try_fut = try_once(cluster, &host, parts, body, use_h2, path, authority, attempt);
+        let result = match per_try {
+            Some(t) => match tokio::time::timeout(t, try_fut).await {
+                Ok(r) => r,
+                Err(_) => Err(AttemptError {
+                    fail: AttemptFail {
+                        status: StatusCode::GATEWAY_TIMEOUT,
+                        flags: Flags::UPSTREAM_REQUEST_TIMEOUT,
+                        msg: "upstream per-try timeout",
+                        grpc_code: Some(4),
+                    },
+                    outcome: Outcome::Timeout,
+                    kind: RetryKind::Timeout,
+                }),
+            },
+            None => try_fut.await,
+        };
+        let (wants_retry, response, fail) = match result {
+            Ok(up) => {
+                cluster.report(&up.host, Outcome::Status(up.response.status().as_u16()));
+                let wants = retry.map(|p| retry_on_response(p, &up.response)).unwrap_or(false);
+                if !wants {
+                    if attempt > 1 {
+                        cluster.stats.rq_retry_success.fetch_add(1, Relaxed);
+                    }
+                    return Ok(up);
+                }
+                (true, Some(up), None)
+            }
+            Err(e) => {
+                cluster.report(&host, e.outcome);
+                let wants = retry.map(|p| retry_on_error(p, e.kind)).unwrap_or(false);
+                (wants, None, Some(e.fail))
+            }
+        };
+        let give_up = |rec: &mut Record, flag: Option<Flags>| {
+            if let Some(f) = flag {
+                rec.flags.insert(f);
+            }
+            match response {
+                Some(up) => Ok(up),
+                None => Err(fail.unwrap_or(AttemptFail {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    flags: Flags::EMPTY,
+                    msg: "upstream failure",
+                    grpc_code: Some(14),
+                })),
+            }
+        };
+        let replayable = replay.map(|r| r.can_replay()).unwrap_or(false);
+        if !wants_retry || !replayable {
+            return give_up(rec, None);
+        }
+        if attempt > max_retries {
+            return give_up(rec, Some(Flags::UPSTREAM_RETRY_LIMIT_EXCEEDED));
+        }
+        // Retry budget / max retries: a slow upstream cannot turn into a retry storm.
+        if retry_guard.is_none() {
+            match RetryGuard::acquire(cluster) {
+                Some(g) => retry_guard = Some(g),
+                None => {
+                    cluster.stats.rq_retry_overflow.fetch_add(1, Relaxed);
+                    return give_up(rec, Some(Flags::UPSTREAM_RETRY_LIMIT_EXCEEDED));
+                }
+            }
+        }
+        drop(give_up);
+        cluster.stats.rq_retry.fetch_add(1, Relaxed);
+        if let Some(p) = retry {
+            tokio::time::sleep(backoff(p, attempt)).await;
+        }
+    }
+}
+
+/// Counts a request that is retrying against the cluster's retry limit or budget.
+struct RetryGuard(Arc<ClusterRt>);
+
+impl RetryGuard {
+    fn acquire(c: &Arc<ClusterRt>) -> Option<RetryGuard> {
+        let cb = &c.cfg.circuit_breakers;
+        let active = c.stats.retries_active.load(Relaxed);
+        let limit = match cb.retry_budget_percent {
+            Some(pct) => {
+                let budget = (c.stats.rq_active.load(Relaxed) as f64 * pct / 100.0) as u32;
+                budget.max(cb.retry_budget_min_concurrency)
+            }
+            None => cb.max_retries,
+        };
+        if active >= limit {
+            return None;
+        }
+        c.stats.retries_active.fetch_add(1, Relaxed);
+        Some(RetryGuard(c.clone()))
+    }
+}
+
+impl Drop for RetryGuard {
+    fn drop(&mut self) {
+        self.0.stats.retries_active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Keeps a host's in-flight request count (least-request balancing).
+pub struct ActiveGuard(Arc<Host>);
+
+impl ActiveGuard {
+    fn new(h: Arc<Host>) -> ActiveGuard {
+        h.active_requests.fetch_add(1, Relaxed);
+        ActiveGuard(h)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active_requests.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in [0, min(base × 2^(n-1), max)].
+pub fn backoff(p: &RetryPolicy, attempt: u32) -> Duration {
+    let exp = p.backoff_base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let cap = exp.min(p.backoff_max).as_micros() as u64;
+    if cap == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_micros(worker::with_rng(|r| r.gen_range(0..=cap)))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn try_once(
+    cluster: &Arc<ClusterRt>,
+    host: &Arc<Host>,
+    parts: &http::request::Parts,
+    body: ProxyBody,
+    use_h2: bool,
+    path: &str,
+    authority: &str,
+    attempt: u32,
+) -> Result<Upstream, AttemptError> {
+    let started = Instant::now();
+    host.rq_total.fetch_add(1, Relaxed);
+    cluster.stats.rq_total.fetch_add(1, Relaxed);
+    let cb = &cluster.cfg.circuit_breakers;
+    if cluster.stats.rq_pending_active.load(Relaxed) >= cb.max_pending_requests {
+        cluster.stats.rq_overflow.fetch_add(1, Relaxed);
+        return Err(AttemptError {
+            fail: AttemptFail {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                flags: Flags::UPSTREAM_OVERFLOW,
+                msg: "upstream overflow",
+                grpc_code: Some(14),
+            },
+            outcome: Outcome::Status(200),
+            kind: RetryKind::Never,
+        });
+    }
+    cluster.stats.rq_pending_active.fetch_add(1, Relaxed);
+    let conn = cluster.connection(host, use_h2).await;
+    cluster.stats.rq_pending_active.fetch_sub(1, Relaxed);
+    let conn = match conn {
+        Ok(c) => c,
+        Err(ConnectError::Overflow) => {
+            return Err(AttemptError {
+                fail: AttemptFail {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    flags: Flags::UPSTREAM_OVERFLOW,
+                    msg: "upstream overflow",
+                    grpc_code: Some(14),
+                },
+                outcome: Outcome::Status(200),
+                kind: RetryKind::Never,
+            })
+        }
+        Err(e) => {
+            tracing::debug!(cluster = %cluster.cfg.name, upstream = %host.addr, error = %e, "upstream connect failed");
+            host.rq_error.fetch_add(1, Relaxed);
+            return Err(AttemptError {
+                fail: AttemptFail {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    flags: Flags::UPSTREAM_CONNECTION_FAILURE,
+                    msg: "upstream connect error",
+                    grpc_code: Some(14),
+                },
+                outcome: Outcome::ConnectFailure,
+                kind: RetryKind::ConnectFailure,
+            });
+        }
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.headers_mut() = parts.headers.clone();
+    req.headers_mut().insert(X_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+    let active = ActiveGuard::new(host.clone());
+    let result = match conn {
+        Conn::H1 { mut tx, uses } => {
+            *req.version_mut() = Version::HTTP_11;
+            *req.uri_mut() = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
+            if let Ok(v) = HeaderValue::from_str(authority) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+            tx.send_request(req).await.map(|resp| (resp, Some((tx, uses + 1))))
+        }
+        Conn::H2(mut tx) => {
+            *req.version_mut() = Version::HTTP_2;
+            *req.uri_mut() =
+                Uri::try_from(format!("http://{authority}{path}")).unwrap_or_else(|_| Uri::from_static("/"));
+            req.headers_mut().remove(header::HOST);
+            tx.send_request(req).await.map(|resp| (resp, None))
+        }
+    };
+    match result {
+        Ok((resp, release)) => Ok(Upstream {
+            response: resp.map(body::boxed),
+            host: host.clone(),
+            upstream_time: started.elapsed(),
+            release,
+            active,
+        }),
+        Err(e) => {
+            host.rq_error.fetch_add(1, Relaxed);
+            tracing::debug!(cluster = %cluster.cfg.name, upstream = %host.addr, error = %e, "upstream request failed");
+            let (flags, msg, status) = if e.is_parse() || e.is_parse_status() {
+                (Flags::UPSTREAM_PROTOCOL_ERROR, "upstream sent an invalid response", StatusCode::BAD_GATEWAY)
+            } else {
+                (
+                    Flags::UPSTREAM_RESET,
+                    "upstream connect error or disconnect/reset before headers",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                )
+            };
+            let kind = if is_refused_stream(&e) { RetryKind::RefusedStream } else { RetryKind::Reset };
+            Err(AttemptError {
+                fail: AttemptFail { status, flags, msg, grpc_code: Some(14) },
+                outcome: Outcome::Reset,
+                kind,
+            })
+        }
+    }
+}
+
+fn is_refused_stream(e: &hyper::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(h2e) = s.downcast_ref::<h2::Error>() {
+            return h2e.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// Fire-and-forget copy of a request to a mirror cluster, with the `-shadow` authority suffix.
+fn spawn_mirror(
+    cluster: Arc<ClusterRt>,
+    parts: &http::request::Parts,
+    replay: Option<&ReplayBody>,
+    path: &str,
+    authority: &str,
+    use_h2: bool,
+) {
+    let body = match replay {
+        Some(r) if r.is_complete() => match r.replay() {
+            Some(b) => body::boxed(b),
+            None => return,
+        },
+        Some(_) => return,
+        None => body::empty(),
+    };
+    let mut parts2 = http::Request::new(()).into_parts().0;
+    parts2.method = parts.method.clone();
+    parts2.headers = parts.headers.clone();
+    let shadow = match authority.split_once(':') {
+        Some((h, p)) => format!("{h}-shadow:{p}"),
+        None => format!("{authority}-shadow"),
+    };
+    let path = path.to_string();
+    tokio::spawn(async move {
+        let Some(host) = cluster.pick(None, &[]) else { return };
+        let fut = try_once(&cluster, &host, &parts2, body, use_h2, &path, &shadow, 1);
+        if let Ok(Ok(up)) = tokio::time::timeout(Duration::from_secs(30), fut).await {
+            let (_, b) = up.response.into_parts();
+            let _ = http_body_util::BodyExt::collect(b).await;
+        }
+    });
+}
+
+// ---- websocket ------------------------------------------------------------------------------
+
+fn websocket_upgrade(h: &HeaderMap) -> bool {
+    let conn_upgrade = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))).unwrap_or(false));
+    let ws = h
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.eq_ignore_ascii_case("websocket"))
+        .unwrap_or(false);
+    conn_upgrade && ws
+}
+
+async fn websocket(
+    ctx: &Arc<ConnCtx>,
+    mut req: Request<ProxyBody>,
+    mut rec: Record,
+    cluster: &Arc<ClusterRt>,
+    hash: Option<u64>,
+    path: &str,
+    authority: &str,
+) -> Response<ProxyBody> {
+    let Some(host) = (if cluster.is_original_dst() {
+        Some(cluster.original_dst_host(ctx.destination))
+    } else {
+        cluster.pick(hash, &[])
+    }) else {
+        return local_reply(
+            ctx,
+            rec,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Flags::NO_HEALTHY_UPSTREAM,
+            "no healthy upstream",
+            false,
+            false,
+        );
+    };
+    rec.upstream = Some(host.addr);
+    let mut tx = match cluster.connect_h1(&host, true).await {
+        Ok(tx) => tx,
+        Err(ConnectError::Overflow) => {
+            return local_reply(
+                ctx,
+                rec,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Flags::UPSTREAM_OVERFLOW,
+                "upstream overflow",
+                false,
+                false,
+            )
+        }
+        Err(_) => {
+            cluster.report(&host, Outcome::ConnectFailure);
+            return local_reply(
+                ctx,
+                rec,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Flags::UPSTREAM_CONNECTION_FAILURE,
+                "upstream connect error",
+                false,
+                false,
+            );
+        }
+    };
+    let downstream_upgrade = hyper::upgrade::on(&mut req);
+    let (parts, _) = req.into_parts();
+    let mut up = Request::new(body::empty());
+    *up.method_mut() = parts.method.clone();
+    *up.headers_mut() = parts.headers.clone();
+    *up.uri_mut() = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
+    let h = up.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(authority) {
+        h.insert(header::HOST, v);
+    }
+    let mut resp = match tx.send_request(up).await {
+        Ok(r) => r,
+        Err(_) => {
+            cluster.report(&host, Outcome::Reset);
+            return local_reply(
+                ctx,
+                rec,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Flags::UPSTREAM_RESET,
+                "upstream reset",
+                false,
+                false,
+            );
+        }
+    };
+    cluster.report(&host, Outcome::Status(resp.status().as_u16()));
+    rec.status = resp.status().as_u16();
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return TrackedBody::wrap(resp.map(body::boxed), rec, ctx.shared.clone(), None);
+    }
+    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    let idle = ctx.http.hcm.stream_idle_timeout.unwrap_or(Duration::from_secs(300));
+    tokio::spawn(async move {
+        let (Ok(d), Ok(u)) = (downstream_upgrade.await, upstream_upgrade.await) else { return };
+        let d = hyper_util::rt::TokioIo::new(d);
+        let u = hyper_util::rt::TokioIo::new(u);
+        let _ = crate::tcp::splice(d, u, idle).await;
+    });
+    let (parts, _) = resp.into_parts();
+    let resp = Response::from_parts(parts, body::empty());
+    TrackedBody::wrap(resp, rec, ctx.shared.clone(), None)
+}
+
+// ---- response helpers -------------------------------------------------------------------------
+
+fn finish_response(
+    ctx: &ConnCtx,
+    table: &RouteTable,
+    vhost: &VirtualHost,
+    route: &Route,
+    wc: Option<&weft_config::HeaderOps>,
+    resp: &mut Response<ProxyBody>,
+    rec: &Record,
+) {
+    let h = resp.headers_mut();
+    if let Some(ops) = wc {
+        weft_route::apply_header_ops(h, ops);
+    }
+    weft_route::apply_header_ops(h, &route.response_headers);
+    weft_route::apply_header_ops(h, &vhost.response_headers);
+    weft_route::apply_header_ops(h, &table.config().response_headers);
+    finish_common(ctx, h, rec);
+}
+
+fn finish_common(ctx: &ConnCtx, h: &mut HeaderMap, rec: &Record) {
+    if !rec.flags.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&rec.flags.to_string()) {
+            h.insert(X_RESPONSE_FLAGS.clone(), v);
+        }
+    }
+    if rec.close_connection {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if !h.contains_key(header::SERVER) {
+        if let Ok(v) = HeaderValue::from_str(&ctx.http.hcm.server_name) {
+            h.insert(header::SERVER, v);
+        }
+    }
+}
+
+/// A reply the proxy makes itself. gRPC callers get a gRPC status instead of an HTTP error.
+fn local_reply(
+    ctx: &ConnCtx,
+    mut rec: Record,
+    status: StatusCode,
+    flags: Flags,
+    msg: &str,
+    grpc: bool,
+    close: bool,
+) -> Response<ProxyBody> {
+    rec.flags.insert(flags);
+    if grpc {
+        return grpc_reply(ctx, rec, http_to_grpc(status.as_u16()), msg, Flags::EMPTY);
+    }
+    if close {
+        rec.close_connection = true;
+    }
+    let mut resp = Response::new(body::full(Bytes::from(msg.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    finish_common(ctx, resp.headers_mut(), &rec);
+    rec.status = status.as_u16();
+    TrackedBody::wrap(resp, rec, ctx.shared.clone(), None)
+}
+
+/// A trailers-only gRPC reply: HTTP 200 with `grpc-status` and `grpc-message`.
+fn grpc_reply(ctx: &ConnCtx, mut rec: Record, code: u32, msg: &str, flags: Flags) -> Response<ProxyBody> {
+    rec.flags.insert(flags);
+    let mut resp = Response::new(body::empty());
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(GRPC_STATUS.clone(), HeaderValue::from(code));
+    if let Ok(v) = HeaderValue::from_str(msg) {
+        h.insert(GRPC_MESSAGE.clone(), v);
+    }
+    finish_common(ctx, resp.headers_mut(), &rec);
+    rec.status = 200;
+    rec.grpc_status = Some(code as u16);
+    TrackedBody::wrap(resp, rec, ctx.shared.clone(), None)
+}
+
+/// The mapping gRPC specifies for HTTP statuses of failed calls.
+pub fn http_to_grpc(status: u16) -> u32 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// Parses `grpc-timeout` (`100m`, `5S`, ...: at most 8 digits and a unit).
+pub fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    if !digits.iter().all(|d| d.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit[0] {
+        b'H' => Duration::from_secs(n.saturating_mul(3600)),
+        b'M' => Duration::from_secs(n.saturating_mul(60)),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    h.remove(header::CONNECTION);
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::TRANSFER_ENCODING);
+    h.remove(header::UPGRADE);
+    h.remove(header::PROXY_AUTHENTICATE);
+    h.remove(header::PROXY_AUTHORIZATION);
+    let te_trailers = h.get(header::TE).map(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers")).unwrap_or(false);
+    if !(keep_te_trailers && te_trailers) {
+        h.remove(header::TE);
+    }
+}
+
+fn roll(per_million: u32) -> bool {
+    per_million >= 1_000_000 || (per_million > 0 && worker::with_rng(|r| r.gen_range(0..1_000_000u32)) < per_million)
+}
+
+/// A random UUIDv4 for `x-request-id`.
+pub fn new_request_id() -> String {
+    let (a, b): (u64, u64) = worker::with_rng(|r| (r.gen(), r.gen()));
+    let a = (a & 0xffff_ffff_ffff_0fff) | 0x4000;
+    let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let table: &[(&str, Option<Duration>)] = &[
+            ("100m", Some(Duration::from_millis(100))),
+            ("5S", Some(Duration::from_secs(5))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("7u", Some(Duration::from_micros(7))),
+            ("9n", Some(Duration::from_nanos(9))),
+            ("m", None),
+            ("123456789S", None),
+            ("10x", None),
+            ("-1S", None),
+        ];
+        for (s, want) in table {
+            assert_eq!(parse_grpc_timeout(s.as_bytes()), *want, "{s}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        let mut grpc = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+        strip_hop_by_hop(&mut grpc, true);
+        assert_eq!(grpc.get(header::TE).unwrap(), "trailers", "gRPC needs te: trailers");
+    }
+
+    #[test]
+    fn http_errors_map_to_grpc_codes() {
+        for (http, grpc) in
+            [(400, 13), (401, 16), (403, 7), (404, 12), (429, 14), (502, 14), (503, 14), (504, 14), (500, 2)]
+        {
+            assert_eq!(http_to_grpc(http), grpc, "{http}");
+        }
+    }
+
+    #[test]
+    fn backoff_stays_within_the_exponential_cap() {
+        let p = RetryPolicy {
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
+            ..Default::default()
+        };
+        for attempt in 1..10 {
+            let cap = Duration::from_millis(25 * (1 << (attempt - 1))).min(Duration::from_millis(250));
+            for _ in 0..200 {
+                assert!(backoff(&p, attempt) <= cap);
+            }
+        }
+    }
+
+    #[test]
+    fn request_ids_look_like_uuid_v4() {
+        let id = new_request_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert_ne!(id, new_request_id());
+    }
+}

@@ -1,0 +1,203 @@
+//! The `logging` phase: what is known about a request, finished exactly once when its response
+//! body ends (or is dropped), feeding metrics and the access log.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Response};
+use http_body::{Body, Frame, SizeHint};
+
+use crate::body::{BoxError, ProxyBody, ReplayBody};
+use crate::cluster::{ClusterRt, Host};
+use crate::flags::Flags;
+use crate::http::ActiveGuard;
+use crate::Shared;
+
+pub struct Record {
+    pub start: Instant,
+    pub method: Method,
+    pub authority: String,
+    pub path: String,
+    pub protocol: &'static str,
+    pub request_id: String,
+    pub peer: SocketAddr,
+    pub reporter: &'static str,
+    pub user_agent: String,
+    pub route: String,
+    pub cluster: Option<Arc<ClusterRt>>,
+    pub upstream: Option<SocketAddr>,
+    pub status: u16,
+    pub flags: Flags,
+    pub grpc_status: Option<u16>,
+    pub attempts: u32,
+    pub close_connection: bool,
+    pub bytes_sent: u64,
+    /// Reads the request body's byte count at the end.
+    pub replay: Option<ReplayBody>,
+    active: Option<RqActive>,
+}
+
+/// Counts the request against its cluster's `max_requests` until the record is finished.
+struct RqActive(Arc<ClusterRt>);
+
+impl Drop for RqActive {
+    fn drop(&mut self) {
+        self.0.stats.rq_active.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Record {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        start: Instant,
+        method: Method,
+        authority: String,
+        path: String,
+        protocol: &'static str,
+        request_id: String,
+        peer: SocketAddr,
+        reporter: &'static str,
+    ) -> Record {
+        Record {
+            start,
+            method,
+            authority,
+            path,
+            protocol,
+            request_id,
+            peer,
+            reporter,
+            user_agent: String::new(),
+            route: String::new(),
+            cluster: None,
+            upstream: None,
+            status: 0,
+            flags: Flags::EMPTY,
+            grpc_status: None,
+            attempts: 0,
+            close_connection: false,
+            bytes_sent: 0,
+            replay: None,
+            active: None,
+        }
+    }
+
+    pub fn track_active(&mut self, c: &Arc<ClusterRt>) {
+        c.stats.rq_active.fetch_add(1, Relaxed);
+        self.active = Some(RqActive(c.clone()));
+    }
+
+    pub fn bytes_received(&self) -> u64 {
+        self.replay.as_ref().map(|r| r.bytes_received()).unwrap_or(0)
+    }
+}
+
+/// The upstream side a response body holds on to until it ends.
+pub struct Upstream {
+    pub cluster: Arc<ClusterRt>,
+    pub host: Arc<Host>,
+    pub release: Option<(hyper::client::conn::http1::SendRequest<ProxyBody>, u32)>,
+    pub _active: ActiveGuard,
+}
+
+pub struct TrackedBody {
+    inner: ProxyBody,
+    rec: Option<Box<Record>>,
+    shared: Arc<Shared>,
+    up: Option<Upstream>,
+    errored: bool,
+}
+
+impl TrackedBody {
+    /// Wraps a response so that its end (or abandonment) finishes the record.
+    pub fn wrap(
+        resp: Response<ProxyBody>,
+        mut rec: Record,
+        shared: Arc<Shared>,
+        up: Option<Upstream>,
+    ) -> Response<ProxyBody> {
+        if rec.status == 0 {
+            rec.status = resp.status().as_u16();
+        }
+        let (parts, inner) = resp.into_parts();
+        let mut body = TrackedBody { inner, rec: Some(Box::new(rec)), shared, up, errored: false };
+        if body.inner.is_end_stream() {
+            body.finish(true);
+        }
+        Response::from_parts(parts, crate::body::boxed(body))
+    }
+
+    fn finish(&mut self, complete: bool) {
+        let Some(mut rec) = self.rec.take() else { return };
+        if let Some(up) = self.up.take() {
+            if complete && !self.errored {
+                if let Some((tx, uses)) = up.release {
+                    up.cluster.release(&up.host, tx, uses);
+                }
+            }
+        }
+        if self.errored {
+            rec.flags.insert(Flags::UPSTREAM_CONNECTION_TERMINATION);
+        } else if !complete {
+            rec.flags.insert(Flags::DOWNSTREAM_CONNECTION_TERMINATION);
+        }
+        self.shared.finish_request(&rec);
+    }
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.finish(true);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.errored = true;
+                this.finish(false);
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(rec) = this.rec.as_mut() {
+                    if let Some(d) = frame.data_ref() {
+                        rec.bytes_sent += d.len() as u64;
+                    } else if let Some(t) = frame.trailers_ref() {
+                        if let Some(code) =
+                            t.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok())
+                        {
+                            rec.grpc_status = Some(code);
+                        }
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(true);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
