@@ -38,11 +38,7 @@ pub fn detect(buf: &[u8]) -> Detected {
     // "PRI" is also a valid method token, so the preface must be ruled out
     // before the request-line check can claim the connection.
     if is_http2_preface_prefix(buf) {
-        return if buf.len() >= HTTP2_PREFACE.len() {
-            Detected::Http2Preface
-        } else {
-            Detected::NeedMore
-        };
+        return if buf.len() >= HTTP2_PREFACE.len() { Detected::Http2Preface } else { Detected::NeedMore };
     }
     detect_http1(buf)
 }
@@ -70,11 +66,7 @@ fn detect_tls(buf: &[u8]) -> Detected {
 fn detect_http1(buf: &[u8]) -> Detected {
     for (i, &b) in buf.iter().enumerate().take(MAX_METHOD_LEN + 1) {
         if b == b' ' {
-            return if i == 0 {
-                Detected::Other
-            } else {
-                Detected::Http1
-            };
+            return if i == 0 { Detected::Other } else { Detected::Http1 };
         }
         if !is_tchar(b) {
             return Detected::Other;
@@ -92,20 +84,7 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
+            b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
         )
 }
 

@@ -56,17 +56,12 @@ fn check_parse(data: &[u8]) {
             assert!(parsed.end <= data.len().min(MAX_PEEK));
             if let Some(host) = &parsed.hello.server_name {
                 assert!(!host.is_empty());
-                assert!(host
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && !b.is_ascii_uppercase()));
+                assert!(host.bytes().all(|b| b.is_ascii_graphic() && !b.is_ascii_uppercase()));
             }
             // "Incomplete exactly when more bytes could make it parse":
             // every shorter prefix of a hello that parses must say so.
             let step = (parsed.end / 16).max(1);
-            for len in (0..parsed.end)
-                .step_by(step)
-                .chain(parsed.end.checked_sub(1))
-            {
+            for len in (0..parsed.end).step_by(step).chain(parsed.end.checked_sub(1)) {
                 assert_eq!(
                     parse_client_hello(prefix(data, len)),
                     Err(SniffError::Incomplete),
@@ -74,16 +69,10 @@ fn check_parse(data: &[u8]) {
                     parsed.end
                 );
             }
-            assert_eq!(
-                parse_client_hello(prefix(data, parsed.end)).as_ref(),
-                Ok(&parsed.hello)
-            );
+            assert_eq!(parse_client_hello(prefix(data, parsed.end)).as_ref(), Ok(&parsed.hello));
             // Record boundaries carry no meaning for a handshake message.
             let chunk = 1 + parsed.message.len() % 61;
-            for framed in [
-                frame_records(&parsed.message, chunk),
-                frame_records(&parsed.message, 1 << 14),
-            ] {
+            for framed in [frame_records(&parsed.message, chunk), frame_records(&parsed.message, 1 << 14)] {
                 if framed.len() <= MAX_PEEK {
                     assert_eq!(parse_client_hello(&framed).as_ref(), Ok(&parsed.hello));
                 }
@@ -102,10 +91,7 @@ fn check_parse(data: &[u8]) {
             longer.extend_from_slice(&[0; 64]);
             let again = parse_client_hello(&longer);
             assert!(
-                matches!(
-                    again,
-                    Err(SniffError::Malformed(_) | SniffError::TooLarge | SniffError::NotTls)
-                ),
+                matches!(again, Err(SniffError::Malformed(_) | SniffError::TooLarge | SniffError::NotTls)),
                 "{err:?} became {again:?} with more bytes"
             );
         }

@@ -74,11 +74,7 @@ pub(crate) fn parse_with_extent(buf: &[u8]) -> Result<Parsed, SniffError> {
     // must be reported as such even while the rest is still in flight.
     let hello = parse_body(&mut Reader::new(body, declared))?;
     match end {
-        Some(end) => Ok(Parsed {
-            hello,
-            message,
-            end,
-        }),
+        Some(end) => Ok(Parsed { hello, message, end }),
         // Unreachable in practice since `finish` demands every byte, but a
         // partial message must never be reported as a hello.
         None => Err(SniffError::Incomplete),
@@ -125,10 +121,7 @@ fn reassemble(buf: &[u8]) -> Result<Walk, SniffError> {
         if let Some(total) = handshake_total(&message)? {
             if message.len() >= total {
                 message.truncate(total);
-                return Ok(Walk::Complete {
-                    message,
-                    end: start + (total - before),
-                });
+                return Ok(Walk::Complete { message, end: start + (total - before) });
             }
             let missing = total - message.len();
             let unread_in_record = len - fragment.len();
@@ -176,13 +169,8 @@ fn check_record_header(header: &[u8], first: bool) -> Result<(), SniffError> {
 /// Total length (header included) of the handshake message, once its
 /// header has arrived.
 fn handshake_total(message: &[u8]) -> Result<Option<usize>, SniffError> {
-    if message
-        .first()
-        .is_some_and(|&t| t != HANDSHAKE_CLIENT_HELLO)
-    {
-        return Err(SniffError::Malformed(
-            "first handshake message is not a ClientHello",
-        ));
+    if message.first().is_some_and(|&t| t != HANDSHAKE_CLIENT_HELLO) {
+        return Err(SniffError::Malformed("first handshake message is not a ClientHello"));
     }
     let &[_, a, b, c, ..] = message else {
         return Ok(None);
@@ -201,9 +189,7 @@ fn parse_body(body: &mut Reader<'_>) -> Result<ClientHello, SniffError> {
     }
     body.take(RANDOM_LEN, "random")?;
     if body.vec8("legacy_session_id")?.declared_len() > MAX_SESSION_ID_LEN {
-        return Err(SniffError::Malformed(
-            "legacy_session_id longer than 32 bytes",
-        ));
+        return Err(SniffError::Malformed("legacy_session_id longer than 32 bytes"));
     }
     let suites = body.vec16("cipher_suites")?.declared_len();
     if suites < 2 || suites % 2 != 0 {
@@ -277,8 +263,7 @@ fn parse_host_name(name: &mut Reader<'_>) -> Result<String, SniffError> {
         return Err(SniffError::Malformed("host_name is not printable ASCII"));
     }
     let bytes = name.take_rest("host_name")?;
-    let host = std::str::from_utf8(bytes)
-        .map_err(|_| SniffError::Malformed("host_name is not printable ASCII"))?;
+    let host = std::str::from_utf8(bytes).map_err(|_| SniffError::Malformed("host_name is not printable ASCII"))?;
     Ok(host.to_ascii_lowercase())
 }
 
@@ -361,9 +346,7 @@ mod tests {
     #[test]
     fn grease_values() {
         let grease: Vec<u16> = (0..=u16::MAX).filter(|&v| is_grease(v)).collect();
-        let expected: Vec<u16> = (0..16u16)
-            .map(|i| (i << 12) | 0x0a00 | (i << 4) | 0x0a)
-            .collect();
+        let expected: Vec<u16> = (0..16u16).map(|i| (i << 12) | 0x0a00 | (i << 4) | 0x0a).collect();
         assert_eq!(grease, expected);
     }
 

@@ -21,11 +21,7 @@ pub(crate) struct Reader<'a> {
 impl<'a> Reader<'a> {
     pub(crate) fn new(received: &'a [u8], declared: usize) -> Self {
         let avail = received.get(..declared).unwrap_or(received);
-        Self {
-            avail,
-            declared,
-            pos: 0,
-        }
+        Self { avail, declared, pos: 0 }
     }
 
     pub(crate) fn declared_len(&self) -> usize {
@@ -42,15 +38,8 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], SniffError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&end| end <= self.declared)
-            .ok_or(SniffError::Malformed(field))?;
-        let bytes = self
-            .avail
-            .get(self.pos..end)
-            .ok_or(SniffError::Incomplete)?;
+        let end = self.pos.checked_add(n).filter(|&end| end <= self.declared).ok_or(SniffError::Malformed(field))?;
+        let bytes = self.avail.get(self.pos..end).ok_or(SniffError::Incomplete)?;
         self.pos = end;
         Ok(bytes)
     }
@@ -77,16 +66,8 @@ impl<'a> Reader<'a> {
     /// [`take`](Self::take) this does not need those bytes to have arrived,
     /// so a length field can be checked against its container before the
     /// data it announces is received.
-    pub(crate) fn sub(
-        &mut self,
-        len: usize,
-        field: &'static str,
-    ) -> Result<Reader<'a>, SniffError> {
-        let end = self
-            .pos
-            .checked_add(len)
-            .filter(|&end| end <= self.declared)
-            .ok_or(SniffError::Malformed(field))?;
+    pub(crate) fn sub(&mut self, len: usize, field: &'static str) -> Result<Reader<'a>, SniffError> {
+        let end = self.pos.checked_add(len).filter(|&end| end <= self.declared).ok_or(SniffError::Malformed(field))?;
         let child = Reader::new(self.received_rest(), len);
         self.pos = end;
         Ok(child)

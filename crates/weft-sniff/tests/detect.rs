@@ -24,10 +24,7 @@ fn detect_table() {
         (b"PRI", NeedMore),
         (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r", NeedMore),
         (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Http2Preface),
-        (
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00",
-            Http2Preface,
-        ),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00", Http2Preface),
         (b"PRI * HTTP/1.1\r\n", Http1),
         (b"PRI / HTTP/2.0\r\n\r\nSM\r\n\r\n", Http1),
         (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\r", Http1),
@@ -65,12 +62,7 @@ fn detect_table() {
         (b"{\"jsonrpc\":\"2.0\"}", Other),
     ];
     for (input, expected) in cases {
-        assert_eq!(
-            detect(input),
-            *expected,
-            "{:?}",
-            String::from_utf8_lossy(input)
-        );
+        assert_eq!(detect(input), *expected, "{:?}", String::from_utf8_lossy(input));
     }
 }
 
@@ -87,10 +79,7 @@ fn decisions_never_change_as_bytes_arrive() {
         let full = detect(input);
         for len in 0..=input.len() {
             let early = detect(&input[..len]);
-            assert!(
-                early == Detected::NeedMore || early == full,
-                "{input:?} at {len}"
-            );
+            assert!(early == Detected::NeedMore || early == full, "{input:?} at {len}");
         }
     }
 }

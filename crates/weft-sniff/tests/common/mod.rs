@@ -17,10 +17,7 @@ pub fn vec8(data: &[u8]) -> Vec<u8> {
 }
 
 pub fn vec16(data: &[u8]) -> Vec<u8> {
-    let mut out = u16::try_from(data.len())
-        .expect("vec16 overflow")
-        .to_be_bytes()
-        .to_vec();
+    let mut out = u16::try_from(data.len()).expect("vec16 overflow").to_be_bytes().to_vec();
     out.extend_from_slice(data);
     out
 }
@@ -74,9 +71,7 @@ impl Default for HelloBuilder {
 
 impl HelloBuilder {
     pub fn ext(mut self, ext_type: u16, data: Vec<u8>) -> Self {
-        self.extensions
-            .get_or_insert_with(Vec::new)
-            .push((ext_type, data));
+        self.extensions.get_or_insert_with(Vec::new).push((ext_type, data));
         self
     }
 
@@ -116,9 +111,7 @@ impl HelloBuilder {
     /// The handshake message: type, uint24 length, body.
     pub fn message(&self) -> Vec<u8> {
         let body = self.body();
-        let len = u32::try_from(body.len())
-            .expect("body too long")
-            .to_be_bytes();
+        let len = u32::try_from(body.len()).expect("body too long").to_be_bytes();
         let mut message = vec![0x01, len[1], len[2], len[3]];
         message.extend(body);
         message
@@ -135,7 +128,5 @@ pub fn data_dir() -> PathBuf {
 }
 
 pub fn fuzz_corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus").join(target)
 }
