@@ -18,12 +18,15 @@ pub struct ConnInfo<'a> {
 /// Picks the most specific matching chain, criterion by criterion as Envoy does: destination
 /// port, destination IP (longest prefix), server name (exact, then longest wildcard), transport,
 /// ALPN, source IP. At each step only the candidates at the most specific level survive.
+/// One selection criterion: None when the chain does not match, else its specificity.
+type Criterion<'a> = &'a dyn Fn(&ChainMatch) -> Option<u32>;
+
 pub fn select_chain(chains: &[FilterChain], c: &ConnInfo<'_>) -> Option<usize> {
     let mut cand: Vec<usize> = (0..chains.len()).collect();
     let m = |i: usize| -> &ChainMatch { &chains[i].matcher };
 
     // Each closure returns None when the chain does not match, else its specificity (higher wins).
-    let steps: [&dyn Fn(&ChainMatch) -> Option<u32>; 6] = [
+    let steps: [Criterion; 6] = [
         &|m| match m.destination_port {
             None => Some(0),
             Some(p) if p == c.destination.port() => Some(1),
@@ -152,7 +155,8 @@ mod tests {
         let h2 = vec!["h2".to_string()];
         let none: Vec<String> = vec![];
         // (destination, sni, transport, alpn, expected chain name)
-        let table: Vec<(&str, Option<&str>, Transport, &Vec<String>, Option<&str>)> = vec![
+        type Case<'a> = (&'a str, Option<&'a str>, Transport, &'a Vec<String>, Option<&'a str>);
+        let table: Vec<Case> = vec![
             ("10.96.0.10:9080", None, Transport::RawBuffer, &none, Some("vip-9080")),
             ("10.96.1.1:9080", None, Transport::RawBuffer, &none, Some("net-9080")),
             ("10.97.0.1:9080", None, Transport::RawBuffer, &none, Some("port-9080")),

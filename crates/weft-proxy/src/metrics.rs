@@ -260,7 +260,8 @@ impl Metrics {
         for (name, help, v) in extra {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
-        let gauges: &[(&str, &str, fn(&ClusterRt) -> u64)] = &[
+        type Gauge = (&'static str, &'static str, fn(&ClusterRt) -> u64);
+        let gauges: &[Gauge] = &[
             ("weft_cluster_upstream_rq_total", "Upstream request attempts", |c| c.stats.rq_total.load(Relaxed)),
             ("weft_cluster_upstream_rq_active", "Active requests", |c| c.stats.rq_active.load(Relaxed) as u64),
             ("weft_cluster_upstream_rq_retry", "Retries", |c| c.stats.rq_retry.load(Relaxed)),

@@ -18,8 +18,9 @@ use crate::{worker, Shared};
 
 /// Copies bytes both ways until both directions end or nothing moves for `idle`. When one side
 /// finishes sending, the other side's write half is shut down (half-close), and the opposite
-/// direction keeps flowing. Returns (bytes a→b, bytes b→a).
-pub async fn splice<A, B>(a: A, b: B, idle: Duration) -> std::io::Result<(u64, u64)>
+/// direction keeps flowing. Returns (bytes a→b, bytes b→a, how it ended); the counts are
+/// kept even when the tunnel ends with an error or the idle timeout.
+pub async fn splice<A, B>(a: A, b: B, idle: Duration) -> (u64, u64, std::io::Result<()>)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -28,32 +29,32 @@ where
     let (mut br, mut bw) = tokio::io::split(b);
     let start = Instant::now();
     let last = AtomicU64::new(0);
+    let sent_ab = AtomicU64::new(0);
+    let sent_ba = AtomicU64::new(0);
     let touch = || last.store(start.elapsed().as_millis() as u64, Relaxed);
     let ab = async {
         let mut buf = vec![0u8; 16 * 1024];
-        let mut n_total = 0u64;
         loop {
             let n = ar.read(&mut buf).await?;
             if n == 0 {
                 let _ = bw.shutdown().await;
-                return Ok::<u64, std::io::Error>(n_total);
+                return Ok::<(), std::io::Error>(());
             }
             bw.write_all(&buf[..n]).await?;
-            n_total += n as u64;
+            sent_ab.fetch_add(n as u64, Relaxed);
             touch();
         }
     };
     let ba = async {
         let mut buf = vec![0u8; 16 * 1024];
-        let mut n_total = 0u64;
         loop {
             let n = br.read(&mut buf).await?;
             if n == 0 {
                 let _ = aw.shutdown().await;
-                return Ok::<u64, std::io::Error>(n_total);
+                return Ok::<(), std::io::Error>(());
             }
             aw.write_all(&buf[..n]).await?;
-            n_total += n as u64;
+            sent_ba.fetch_add(n as u64, Relaxed);
             touch();
         }
     };
@@ -66,10 +67,11 @@ where
             }
         }
     };
-    tokio::select! {
-        r = async { tokio::try_join!(ab, ba) } => r,
+    let end = tokio::select! {
+        r = async { tokio::try_join!(ab, ba) } => r.map(|_| ()),
         _ = watchdog => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout")),
-    }
+    };
+    (sent_ab.load(Relaxed), sent_ba.load(Relaxed), end)
 }
 
 /// Proxies one downstream TCP connection to the chain's cluster.
@@ -111,10 +113,10 @@ pub async fn proxy(
     shared.metrics.tcp_opened(&labels);
     host.active_requests.fetch_add(1, Relaxed);
     let idle = tcp.idle_timeout.unwrap_or(Duration::from_secs(24 * 3600));
-    let (sent_up, sent_down) = match splice(stream, up, idle).await {
-        Ok(n) => n,
-        Err(_) => (0, 0),
-    };
+    let (sent_up, sent_down, end) = splice(stream, up, idle).await;
+    if let Err(e) = end {
+        tracing::debug!(cluster = %name, error = %e, "tcp: tunnel ended");
+    }
     host.active_requests.fetch_sub(1, Relaxed);
     shared.metrics.tcp_closed(&labels, sent_down, sent_up);
 }
@@ -141,14 +143,16 @@ mod tests {
         let mut back = Vec::new();
         cr.read_to_end(&mut back).await.unwrap();
         assert_eq!(back, b"pong after half-close");
-        assert_eq!(task.await.unwrap().unwrap(), (4, 21));
+        let (ab, ba, end) = task.await.unwrap();
+        assert_eq!((ab, ba), (4, 21));
+        assert!(end.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_tunnel_is_closed() {
         let (_client, a) = duplex(64);
         let (b, _server) = duplex(64);
-        let r = splice(a, b, Duration::from_secs(30)).await;
-        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        let (_, _, end) = splice(a, b, Duration::from_secs(30)).await;
+        assert_eq!(end.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
     }
 }
