@@ -37,18 +37,22 @@ pub struct Selected<'a> {
 pub struct RouteTable {
     cfg: Arc<RouteConfig>,
     exact: HashMap<String, usize>,
-    /// (suffix without the `*`, vhost), longest first.
-    suffixes: Vec<(String, usize)>,
-    /// (prefix without the `*`, vhost), longest first.
-    prefixes: Vec<(String, usize)>,
+    /// Whether any exact domain carries a port (else `host:port` lookups are skipped).
+    exact_has_ports: bool,
+    /// Wildcard suffixes (`*.example.com` → `.example.com`) by text, and their distinct lengths
+    /// longest first: a lookup probes one map entry per length instead of scanning every domain.
+    suffixes: HashMap<String, usize>,
+    suffix_lens: Vec<usize>,
+    prefixes: HashMap<String, usize>,
+    prefix_lens: Vec<usize>,
     any: Option<usize>,
 }
 
 impl RouteTable {
     pub fn new(cfg: Arc<RouteConfig>) -> RouteTable {
         let mut exact = HashMap::new();
-        let mut suffixes = Vec::new();
-        let mut prefixes = Vec::new();
+        let mut suffixes = HashMap::new();
+        let mut prefixes = HashMap::new();
         let mut any = None;
         for (i, vh) in cfg.virtual_hosts.iter().enumerate() {
             for d in &vh.domains {
@@ -56,18 +60,23 @@ impl RouteTable {
                 if d == "*" {
                     any.get_or_insert(i);
                 } else if let Some(s) = d.strip_prefix('*') {
-                    suffixes.push((s.to_string(), i));
+                    suffixes.entry(s.to_string()).or_insert(i);
                 } else if let Some(p) = d.strip_suffix('*') {
-                    prefixes.push((p.to_string(), i));
+                    prefixes.entry(p.to_string()).or_insert(i);
                 } else {
                     exact.entry(d).or_insert(i);
                 }
             }
         }
-        // Longest wildcard wins; ties keep config order (stable sort).
-        suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        prefixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        RouteTable { cfg, exact, suffixes, prefixes, any }
+        let lens = |m: &HashMap<String, usize>| {
+            let mut v: Vec<usize> = m.keys().map(String::len).collect();
+            v.sort_unstable_by(|a, b| b.cmp(a));
+            v.dedup();
+            v
+        };
+        let (suffix_lens, prefix_lens) = (lens(&suffixes), lens(&prefixes));
+        let exact_has_ports = exact.keys().any(|k| k.contains(':'));
+        RouteTable { cfg, exact, exact_has_ports, suffixes, suffix_lens, prefixes, prefix_lens, any }
     }
 
     pub fn config(&self) -> &RouteConfig {
