@@ -86,30 +86,38 @@ impl RouteTable {
     /// Chooses the virtual host for an authority. Tried in order: the authority as sent; without
     /// its port (or, when it has none, with the listener's port); then wildcards and `*`.
     pub fn select_vhost(&self, authority: &str, port: u16) -> Option<usize> {
-        let auth = authority.to_ascii_lowercase();
-        if let Some(i) = self.exact.get(&auth) {
+        // Lowercase only when needed: most authorities already are.
+        let auth: std::borrow::Cow<'_, str> = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(authority.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(authority)
+        };
+        let auth = auth.as_ref();
+        if let Some(i) = self.exact.get(auth) {
             return Some(*i);
         }
-        let host = strip_port(&auth);
+        let host = strip_port(auth);
         if host.len() != auth.len() {
             if let Some(i) = self.exact.get(host) {
                 return Some(*i);
             }
-        } else if port != 0 {
+        } else if port != 0 && self.exact_has_ports {
             if let Some(i) = self.exact.get(&format!("{auth}:{port}")) {
                 return Some(*i);
             }
         }
-        for name in [auth.as_str(), host] {
-            // A wildcard must match at least one character (Envoy: `*.foo.com` does not match `.foo.com`).
-            if let Some((_, i)) = self.suffixes.iter().find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str()))
-            {
-                return Some(*i);
+        for name in [auth, host] {
+            // Longest wildcard wins; it must match at least one character (Envoy: `*.foo.com`
+            // does not match `.foo.com`). Slicing at a non-char boundary simply misses.
+            for &l in self.suffix_lens.iter().filter(|l| **l < name.len()) {
+                if let Some(i) = name.get(name.len() - l..).and_then(|s| self.suffixes.get(s)) {
+                    return Some(*i);
+                }
             }
-            if let Some((_, i)) =
-                self.prefixes.iter().find(|(p, _)| name.len() > p.len() && name.starts_with(p.as_str()))
-            {
-                return Some(*i);
+            for &l in self.prefix_lens.iter().filter(|l| **l < name.len()) {
+                if let Some(i) = name.get(..l).and_then(|p| self.prefixes.get(p)) {
+                    return Some(*i);
+                }
             }
         }
         self.any
