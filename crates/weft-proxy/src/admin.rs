@@ -105,6 +105,8 @@ async fn handle(
             if req.method() != Method::POST {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
             }
+            // Not ready from the moment this answers, not when the control loop gets to it.
+            shared.draining.store(true, Relaxed);
             let _ = ctl.send(ControlCmd::DrainListeners).await;
             text(StatusCode::OK, "OK\n")
         }
