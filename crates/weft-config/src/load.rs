@@ -677,6 +677,9 @@ impl Validator<'_> {
             if value.is_some() && q.present.is_some() {
                 return Err(self.err(qf, "use either a value match or `present`, not both"));
             }
+            if q.present == Some(false) {
+                return Err(self.err(format!("{qf}.present"), "only `present: true` is supported for query parameters"));
+            }
             query.push(QueryMatcher { name: q.name, value });
         }
         let matcher =
@@ -876,8 +879,10 @@ impl Validator<'_> {
                 }
             } else if let Some(name) = h.query_parameter {
                 HashPolicy::QueryParameter { name, terminal }
-            } else {
+            } else if h.source_ip == Some(true) {
                 HashPolicy::SourceIp { terminal }
+            } else {
+                return Err(self.err(format!("{hf}.source_ip"), "must be true (omit the policy to disable it)"));
             });
         }
         let mut mirrors = Vec::new();

@@ -76,7 +76,7 @@ impl AccessLogger {
             bytes_received: rec.bytes_received(),
             bytes_sent: rec.bytes_sent,
             attempts: rec.attempts,
-            x_request_id: &rec.request_id,
+            x_request_id: rec.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
             downstream_remote_address: rec.peer.to_string(),
             user_agent: &rec.user_agent,
         };

@@ -31,6 +31,42 @@ where
     b.map_err(Into::into).boxed_unsync()
 }
 
+/// Counts the bytes of a body as they pass.
+pub struct Counted {
+    inner: ProxyBody,
+    counter: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Counted {
+    pub fn new(inner: ProxyBody) -> (Counted, Arc<std::sync::atomic::AtomicU64>) {
+        let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        (Counted { inner, counter: counter.clone() }, counter)
+    }
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                self.counter.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A request body shared by all attempts of a request. Frames are forwarded as they arrive and
 /// kept (up to `limit` bytes) so that a retry can replay them; once more than `limit` bytes have
 /// passed, the copy is dropped and the body can no longer be replayed.
@@ -46,6 +82,9 @@ struct ReplayState {
     limit: usize,
     overflowed: bool,
     done: bool,
+    /// The client's body failed (reset, malformed chunk): what was read is not the whole body
+    /// and must never be replayed as if it were.
+    failed: bool,
     /// Number of bytes that any attempt has pulled from the source.
     pulled: usize,
 }
@@ -67,6 +106,7 @@ impl ReplayBody {
                 limit,
                 overflowed: false,
                 done,
+                failed: false,
                 pulled: 0,
             })),
             cursor: 0,
@@ -76,7 +116,7 @@ impl ReplayBody {
     /// A fresh reader for the next attempt, or None when the body can no longer be replayed.
     pub fn replay(&self) -> Option<ReplayBody> {
         let st = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        if st.overflowed {
+        if st.overflowed || st.failed {
             return None;
         }
         Some(ReplayBody { shared: self.shared.clone(), cursor: 0 })
@@ -85,7 +125,12 @@ impl ReplayBody {
     /// True when the whole body has been read and is still held (a mirror can send it).
     pub fn is_complete(&self) -> bool {
         let st = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        st.done && !st.overflowed
+        st.done && !st.overflowed && !st.failed
+    }
+
+    /// True when reading the client's body failed.
+    pub fn failed(&self) -> bool {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).failed
     }
 
     /// Bytes read from the client so far.
@@ -96,7 +141,7 @@ impl ReplayBody {
     /// True when nothing has been read from the client yet, or everything read is still held.
     pub fn can_replay(&self) -> bool {
         let st = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        !st.overflowed || st.pulled == 0
+        !st.failed && (!st.overflowed || st.pulled == 0)
     }
 }
 
@@ -119,6 +164,10 @@ impl Body for ReplayBody {
             // Another reader overflowed the copy after this one started: its bytes are gone.
             return Poll::Ready(Some(Err("request body too large to replay".into())));
         }
+        if st.failed {
+            // Another reader saw the client's body fail: the bytes held are not the whole body.
+            return Poll::Ready(Some(Err("request body failed".into())));
+        }
         if st.done {
             return Poll::Ready(None);
         }
@@ -131,6 +180,7 @@ impl Body for ReplayBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 st.done = true;
+                st.failed = true;
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(Some(Ok(frame))) => {
@@ -160,7 +210,7 @@ impl Body for ReplayBody {
 
     fn is_end_stream(&self) -> bool {
         let st = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        st.done && (self.cursor >= st.frames.len())
+        st.done && !st.failed && (self.cursor >= st.frames.len())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -207,6 +257,19 @@ mod tests {
         assert_eq!(f.into_data().unwrap(), "ab");
         let second = first.replay().unwrap();
         assert_eq!(second.collect().await.unwrap().to_bytes(), "abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_failed_is_never_replayed_as_a_shorter_one() {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"hello"))), Err("malformed chunk".into())];
+        let first = ReplayBody::new(boxed(StreamBody::new(futures_util::stream::iter(frames))), 100);
+        let earlier_copy = first.replay().unwrap();
+        assert!(first.collect().await.is_err());
+        assert!(earlier_copy.failed());
+        assert!(earlier_copy.replay().is_none(), "no new attempt may start from a failed body");
+        assert!(!earlier_copy.can_replay() && !earlier_copy.is_complete());
+        assert!(earlier_copy.collect().await.is_err(), "a reader started earlier must not end cleanly");
     }
 
     #[tokio::test]

@@ -36,6 +36,8 @@ pub enum Outcome {
     ConnectFailure,
     Reset,
     Timeout,
+    /// Refused locally (circuit breaker): says nothing about the host.
+    LocalOverflow,
 }
 
 #[derive(Default)]
@@ -353,10 +355,16 @@ impl ClusterRt {
             if c.tx.is_closed() || c.since.elapsed() > self.cfg.pool.idle_timeout {
                 continue;
             }
-            // The connection task may not have observed the end of the previous response yet.
-            match tokio::time::timeout(Duration::from_secs(1), c.tx.ready()).await {
-                Ok(Ok(())) => return Ok(Conn::H1 { tx: c.tx, uses: c.uses }),
-                _ => continue,
+            // Usually ready at once; otherwise the connection task has not yet seen the end of
+            // the previous response, so wait a little (a timer only on that rare path).
+            use futures_util::FutureExt;
+            match c.tx.ready().now_or_never() {
+                Some(Ok(())) => return Ok(Conn::H1 { tx: c.tx, uses: c.uses }),
+                Some(Err(_)) => continue,
+                None => match tokio::time::timeout(Duration::from_secs(1), c.tx.ready()).await {
+                    Ok(Ok(())) => return Ok(Conn::H1 { tx: c.tx, uses: c.uses }),
+                    _ => continue,
+                },
             }
         }
         let tx = self.connect_h1(host, false).await?;
@@ -455,10 +463,13 @@ impl ClusterRt {
     /// Feeds one attempt's outcome to passive outlier detection.
     pub fn report(self: &Arc<Self>, host: &Arc<Host>, outcome: Outcome) {
         let Some(od) = &self.cfg.outlier_detection else { return };
+        if outcome == Outcome::LocalOverflow {
+            return;
+        }
         let o = &host.outlier;
         let (is_5xx, is_gateway, is_local) = match outcome {
             Outcome::Status(s) if s >= 500 => (true, matches!(s, 502..=504), false),
-            Outcome::Status(_) => (false, false, false),
+            Outcome::Status(_) | Outcome::LocalOverflow => (false, false, false),
             // Without split local/external errors Envoy counts these as a 503 (a gateway error).
             Outcome::ConnectFailure | Outcome::Reset | Outcome::Timeout => (true, true, true),
         };

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use rand::Rng;
 use weft_config::{
@@ -71,27 +72,37 @@ fn protocol_label(v: Version, grpc: bool) -> &'static str {
 async fn handle(ctx: &Arc<ConnCtx>, mut req: Request<ProxyBody>, start: Instant) -> Response<ProxyBody> {
     // ---- early_request ------------------------------------------------------------------------
     let grpc = is_grpc(req.headers());
-    let authority = match req.uri().authority() {
-        Some(a) => a.as_str().to_string(),
-        None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string(),
+    // Uri and HeaderValue clones share their bytes: the strings below cost no allocation.
+    let uri = req.uri().clone();
+    let host = req.headers().get(header::HOST).cloned();
+    let authority: &str = match uri.authority() {
+        Some(a) => a.as_str(),
+        None => host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
     };
-    let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
-    let request_id = match req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        Some(id) if !id.is_empty() => id.to_string(),
-        _ if ctx.http.hcm.generate_request_id => new_request_id(),
-        _ => String::new(),
+    let path: &str = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(id) if !id.is_empty() => Some(id.clone()),
+        _ if ctx.http.hcm.generate_request_id => {
+            let id = new_request_id();
+            req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+            Some(id)
+        }
+        _ => None,
     };
+    let logs = ctx.shared.logs_requests();
     let mut rec = Record::new(
         start,
         req.method().clone(),
-        authority.clone(),
-        path.clone(),
+        if logs { authority } else { "" },
+        if logs { path } else { "" },
         protocol_label(req.version(), grpc),
-        request_id.clone(),
+        request_id,
         ctx.peer,
         ctx.http.reporter,
     );
-    rec.user_agent = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    if logs {
+        rec.user_agent = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    }
 
     if req.version() == Version::HTTP_11 && authority.is_empty() {
         return local_reply(
@@ -169,7 +180,7 @@ async fn handle(ctx: &Arc<ConnCtx>, mut req: Request<ProxyBody>, start: Instant)
         }
         RouteAction::Redirect(r) => {
             let scheme = ctx.http.hcm.forwarded_proto.as_str();
-            let loc = weft_route::redirect_location(r, scheme, &authority, &path, &route.matcher.path);
+            let loc = weft_route::redirect_location(r, scheme, authority, path, &route.matcher.path);
             let mut resp = Response::new(body::empty());
             *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
             if let Ok(v) = HeaderValue::from_str(&loc) {
@@ -180,7 +191,7 @@ async fn handle(ctx: &Arc<ConnCtx>, mut req: Request<ProxyBody>, start: Instant)
             TrackedBody::wrap(resp, rec, ctx.shared.clone(), None)
         }
         RouteAction::Forward(fw) => {
-            forward(ctx, req, rec, &table, vhost, route, fw, upgrade, grpc, &authority, &path, &request_id).await
+            forward(ctx, req, rec, &table, vhost, route, fw, upgrade, grpc, authority, path).await
         }
     }
 }
@@ -198,7 +209,6 @@ async fn forward(
     grpc: bool,
     authority: &str,
     path: &str,
-    request_id: &str,
 ) -> Response<ProxyBody> {
     // ---- cluster ------------------------------------------------------------------------------
     let (cluster_name, wc) = match &fw.cluster {
@@ -226,12 +236,13 @@ async fn forward(
     // ---- upstream request headers -------------------------------------------------------------
     let headers = req.headers_mut();
     let rc = table.config();
-    weft_route::apply_header_ops(headers, &rc.request_headers);
-    weft_route::apply_header_ops(headers, &vhost.request_headers);
-    weft_route::apply_header_ops(headers, &route.request_headers);
+    // Envoy's order: the most specific level first, so the route config has the last word.
     if let Some(w) = wc {
         weft_route::apply_header_ops(headers, &w.request_headers);
     }
+    weft_route::apply_header_ops(headers, &route.request_headers);
+    weft_route::apply_header_ops(headers, &vhost.request_headers);
+    weft_route::apply_header_ops(headers, &rc.request_headers);
     if ctx.http.hcm.use_remote_address {
         let ip = ctx.peer.ip().to_string();
         let v = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -243,11 +254,6 @@ async fn forward(
         }
         if let Ok(v) = HeaderValue::from_str(&ctx.http.hcm.forwarded_proto) {
             headers.insert(X_FORWARDED_PROTO.clone(), v);
-        }
-    }
-    if !request_id.is_empty() && !headers.contains_key(&X_REQUEST_ID) {
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            headers.insert(X_REQUEST_ID.clone(), v);
         }
     }
     // The proxy answers 100-continue itself (hyper does when the body is first read).
@@ -301,7 +307,7 @@ async fn forward(
     }
     let retry: Option<&RetryPolicy> = fw.retry.as_ref().or(vhost.retry.as_ref());
 
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let limit = ctx.http.hcm.limits.max_buffered_body_bytes;
     // When no retry or mirror needs the body again, it goes upstream untouched.
     let (replay, plain_body) = if retry.is_some() || !fw.mirrors.is_empty() {
@@ -309,11 +315,21 @@ async fn forward(
     } else {
         (None, Some(body))
     };
+    // Count request bytes for logs and metrics (replayed bodies count themselves).
+    rec.replay = replay.as_ref().and_then(|r| r.replay());
+    let plain_body = plain_body.map(|b| {
+        if b.is_end_stream() {
+            return b;
+        }
+        let (counted, counter) = body::Counted::new(b);
+        rec.rx_bytes = Some(counter);
+        body::boxed(counted)
+    });
 
     let attempt_loop = attempts(
         ctx,
         &cluster,
-        &parts,
+        &mut parts,
         replay.as_ref(),
         plain_body,
         retry,
@@ -362,7 +378,6 @@ async fn forward(
                     resp.headers().get(&GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok());
             }
             rec.upstream = Some(up.host.addr);
-            rec.replay = replay.as_ref().and_then(|r| r.replay());
             // ---- mirror (after the primary answered, so it never slows the caller) ----------
             for m in &fw.mirrors {
                 if roll(m.fraction_per_million) {
@@ -453,7 +468,7 @@ fn header_matches(m: &weft_config::HeaderMatcher, headers: &HeaderMap) -> bool {
 async fn attempts(
     ctx: &Arc<ConnCtx>,
     cluster: &Arc<ClusterRt>,
-    parts: &http::request::Parts,
+    parts: &mut http::request::Parts,
     replay: Option<&ReplayBody>,
     mut plain_body: Option<ProxyBody>,
     retry: Option<&RetryPolicy>,
@@ -499,7 +514,9 @@ async fn attempts(
                 grpc_code: Some(14),
             });
         };
-        let try_fut = try_once(cluster, &host, parts, body, use_h2, path, authority, attempt);
+        // Without a possible second attempt (or mirror) the headers move instead of being copied.
+        let headers = if replay.is_none() { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
+        let try_fut = try_once(cluster, &host, parts, headers, body, use_h2, path, authority, attempt);
         let result = match per_try {
             Some(t) => match tokio::time::timeout(t, try_fut).await {
                 Ok(r) => r,
@@ -632,6 +649,7 @@ async fn try_once(
     cluster: &Arc<ClusterRt>,
     host: &Arc<Host>,
     parts: &http::request::Parts,
+    headers: HeaderMap,
     body: ProxyBody,
     use_h2: bool,
     path: &str,
@@ -651,7 +669,7 @@ async fn try_once(
                 msg: "upstream overflow",
                 grpc_code: Some(14),
             },
-            outcome: Outcome::Status(200),
+            outcome: Outcome::LocalOverflow,
             kind: RetryKind::Never,
         });
     }
@@ -668,7 +686,7 @@ async fn try_once(
                     msg: "upstream overflow",
                     grpc_code: Some(14),
                 },
-                outcome: Outcome::Status(200),
+                outcome: Outcome::LocalOverflow,
                 kind: RetryKind::Never,
             })
         }
@@ -689,15 +707,23 @@ async fn try_once(
     };
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
-    *req.headers_mut() = parts.headers.clone();
+    *req.headers_mut() = headers;
     req.headers_mut().insert(X_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
     let active = ActiveGuard::new(host.clone());
     let result = match conn {
         Conn::H1 { mut tx, uses } => {
             *req.version_mut() = Version::HTTP_11;
-            *req.uri_mut() = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
-            if let Ok(v) = HeaderValue::from_str(authority) {
-                req.headers_mut().insert(header::HOST, v);
+            // Reuse the client's origin-form URI when the path is unchanged (shares its bytes).
+            *req.uri_mut() =
+                if parts.uri.authority().is_none() && parts.uri.path_and_query().map(|p| p.as_str()) == Some(path) {
+                    parts.uri.clone()
+                } else {
+                    Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"))
+                };
+            if req.headers().get(header::HOST).and_then(|h| h.to_str().ok()) != Some(authority) {
+                if let Ok(v) = HeaderValue::from_str(authority) {
+                    req.headers_mut().insert(header::HOST, v);
+                }
             }
             tx.send_request(req).await.map(|resp| (resp, Some((tx, uses + 1))))
         }
@@ -750,6 +776,22 @@ fn is_refused_stream(e: &hyper::Error) -> bool {
     false
 }
 
+/// `host-shadow[:port]`, as Envoy names mirrored requests (IPv6 literals keep their brackets).
+pub fn shadow_authority(authority: &str) -> String {
+    let port_at = match authority.rfind(':') {
+        Some(i)
+            if !authority[i..].contains(']') && (authority.starts_with('[') || authority[..i].find(':').is_none()) =>
+        {
+            Some(i)
+        }
+        _ => None,
+    };
+    match port_at {
+        Some(i) => format!("{}-shadow{}", &authority[..i], &authority[i..]),
+        None => format!("{authority}-shadow"),
+    }
+}
+
 /// Fire-and-forget copy of a request to a mirror cluster, with the `-shadow` authority suffix.
 fn spawn_mirror(
     cluster: Arc<ClusterRt>,
@@ -770,14 +812,12 @@ fn spawn_mirror(
     let mut parts2 = http::Request::new(()).into_parts().0;
     parts2.method = parts.method.clone();
     parts2.headers = parts.headers.clone();
-    let shadow = match authority.split_once(':') {
-        Some((h, p)) => format!("{h}-shadow:{p}"),
-        None => format!("{authority}-shadow"),
-    };
+    let shadow = shadow_authority(authority);
     let path = path.to_string();
     tokio::spawn(async move {
         let Some(host) = cluster.pick(None, &[]) else { return };
-        let fut = try_once(&cluster, &host, &parts2, body, use_h2, &path, &shadow, 1);
+        let headers = std::mem::take(&mut parts2.headers);
+        let fut = try_once(&cluster, &host, &parts2, headers, body, use_h2, &path, &shadow, 1);
         if let Ok(Ok(up)) = tokio::time::timeout(Duration::from_secs(30), fut).await {
             let (_, b) = up.response.into_parts();
             let _ = http_body_util::BodyExt::collect(b).await;
@@ -1037,24 +1077,41 @@ fn roll(per_million: u32) -> bool {
     per_million >= 1_000_000 || (per_million > 0 && worker::with_rng(|r| r.gen_range(0..1_000_000u32)) < per_million)
 }
 
-/// A random UUIDv4 for `x-request-id`.
-pub fn new_request_id() -> String {
+/// A random UUIDv4 for `x-request-id`, formatted without allocating a `String`.
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let (a, b): (u64, u64) = worker::with_rng(|r| (r.gen(), r.gen()));
     let a = (a & 0xffff_ffff_ffff_0fff) | 0x4000;
     let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xffff,
-        b >> 48,
-        b & 0xffff_ffff_ffff
-    )
+    let v = (u128::from(a) << 64) | u128::from(b);
+    let mut out = [0u8; 36];
+    let mut nibble = 0;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *slot = b'-';
+            continue;
+        }
+        *slot = HEX[((v >> (124 - 4 * nibble)) & 0xf) as usize];
+        nibble += 1;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shadow_authorities() {
+        for (a, want) in [
+            ("reviews", "reviews-shadow"),
+            ("reviews:9080", "reviews-shadow:9080"),
+            ("[::1]:80", "[::1]-shadow:80"),
+            ("[::1]", "[::1]-shadow"),
+        ] {
+            assert_eq!(shadow_authority(a), want, "{a}");
+        }
+    }
 
     #[test]
     fn grpc_timeouts_parse() {
@@ -1119,8 +1176,12 @@ mod tests {
     #[test]
     fn request_ids_look_like_uuid_v4() {
         let id = new_request_id();
+        let id = id.to_str().unwrap();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
-        assert_ne!(id, new_request_id());
+        assert_eq!(id.matches('-').count(), 4);
+        assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "RFC 4122 variant: {id}");
+        assert_ne!(id, new_request_id().to_str().unwrap());
     }
 }

@@ -97,6 +97,11 @@ impl Shared {
         }
     }
 
+    /// Whether requests are access-logged (the request path skips copying strings otherwise).
+    pub fn logs_requests(&self) -> bool {
+        self.access_log.is_some()
+    }
+
     pub fn prometheus(&self) -> String {
         let snap = self.snapshot.load();
         let extra =
@@ -256,6 +261,11 @@ async fn apply(
     // Swap before binding new listeners so their first connection sees the new snapshot;
     // restore the old one if binding fails.
     shared.snapshot.store(Arc::new(snap));
+    // After `/drain` the listeners stay closed; the new config still applies to open connections.
+    if shared.draining.load(Relaxed) {
+        shared.metrics.config_reloads_ok.inc();
+        return Ok(());
+    }
     if let Err(e) = listeners.reconcile(&config.listeners).await {
         shared.snapshot.store(old);
         return Err(e);

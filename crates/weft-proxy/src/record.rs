@@ -24,7 +24,7 @@ pub struct Record {
     pub authority: String,
     pub path: String,
     pub protocol: &'static str,
-    pub request_id: String,
+    pub request_id: Option<http::HeaderValue>,
     pub peer: SocketAddr,
     pub reporter: &'static str,
     pub user_agent: String,
@@ -37,8 +37,9 @@ pub struct Record {
     pub attempts: u32,
     pub close_connection: bool,
     pub bytes_sent: u64,
-    /// Reads the request body's byte count at the end.
+    /// Reads the request body's byte count at the end (replayed or counted bodies).
     pub replay: Option<ReplayBody>,
+    pub rx_bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
     active: Option<RqActive>,
 }
 
@@ -56,18 +57,18 @@ impl Record {
     pub fn new(
         start: Instant,
         method: Method,
-        authority: String,
-        path: String,
+        authority: &str,
+        path: &str,
         protocol: &'static str,
-        request_id: String,
+        request_id: Option<http::HeaderValue>,
         peer: SocketAddr,
         reporter: &'static str,
     ) -> Record {
         Record {
             start,
             method,
-            authority,
-            path,
+            authority: authority.to_string(),
+            path: path.to_string(),
             protocol,
             request_id,
             peer,
@@ -83,6 +84,7 @@ impl Record {
             close_connection: false,
             bytes_sent: 0,
             replay: None,
+            rx_bytes: None,
             active: None,
         }
     }
@@ -93,7 +95,11 @@ impl Record {
     }
 
     pub fn bytes_received(&self) -> u64 {
-        self.replay.as_ref().map(|r| r.bytes_received()).unwrap_or(0)
+        match (&self.replay, &self.rx_bytes) {
+            (Some(r), _) => r.bytes_received(),
+            (None, Some(c)) => c.load(Relaxed),
+            (None, None) => 0,
+        }
     }
 }
 
