@@ -261,6 +261,10 @@ async fn hop_by_hop_headers_are_not_forwarded() {
                    Proxy-Connection: keep-alive\r\n\
                    TE: gzip\r\n\
                    X-End-To-End: kept\r\n\
+                   x-backend-header: connection=x-resp-hop\r\n\
+                   x-backend-header: x-resp-hop=1\r\n\
+                   x-backend-header: keep-alive=timeout=99\r\n\
+                   x-backend-header: x-resp-end-to-end=kept\r\n\
                    \r\n";
     let reply = raw_exchange(r.weft.listener("main"), request.as_bytes()).await;
     assert_eq!(reply.statuses(), [200], "{}", reply.text());
@@ -270,6 +274,12 @@ async fn hop_by_hop_headers_are_not_forwarded() {
     }
     assert!(seen.header("connection").map(|v| !v.contains("x-private-hop")).unwrap_or(true));
     assert_eq!(seen.header("x-end-to-end"), Some("kept"));
+
+    // And on the way back: the upstream's hop-by-hop headers stop at the proxy.
+    let resp = &reply.responses()[0];
+    assert_eq!(resp.header("x-resp-hop"), None, "{:?}", resp.headers);
+    assert_eq!(resp.header("keep-alive"), None, "{:?}", resp.headers);
+    assert_eq!(resp.header("x-resp-end-to-end"), Some("kept"));
 }
 
 #[tokio::test]

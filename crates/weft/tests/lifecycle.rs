@@ -143,6 +143,30 @@ async fn sighup_with_a_changed_config_switches_routing_on_the_same_port() {
 }
 
 #[tokio::test]
+async fn sighup_can_add_a_listener_and_the_ready_file_names_it() {
+    let s = setup().await;
+    let second = "  - name: second\n    address: \"127.0.0.1:0\"\n    http: { virtual_hosts: [{ name: b, domains: [\"*\"], routes: [{ match: { prefix: / }, route: { cluster: beta } }] }] }\n";
+    let text = config(&s.alpha, &s.beta, "alpha", "").replace("clusters:\n", &format!("{second}clusters:\n"));
+    std::fs::write(config_path(&s.weft), text).unwrap();
+    let mut weft = s.weft;
+    weft.signal(SIGHUP);
+    let mut listed = false;
+    for _ in 0..200 {
+        if weft.reread_ready().map(|r| r.listeners.contains_key("second")).unwrap_or(false) {
+            listed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(listed, "the ready file never listed the new listener\n{}", weft.output_report());
+    let resp = http_get(weft.listener("second"), "/", &[]).await.unwrap();
+    assert_eq!(backend_of(&resp), "beta");
+    assert_eq!(backend_now(&weft).await, "alpha", "the old listener is untouched");
+    let prom = admin_get(&weft, "/stats/prometheus").await;
+    assert!(prom.lines().any(|l| l == "weft_config_reloads_total 1"), "{prom}");
+}
+
+#[tokio::test]
 async fn sighup_with_an_invalid_config_keeps_the_old_one_serving() {
     let s = setup().await;
     assert_eq!(backend_now(&s.weft).await, "alpha");

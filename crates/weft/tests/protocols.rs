@@ -137,7 +137,8 @@ async fn curl_keeps_one_connection_alive_for_several_requests() {
 #[tokio::test]
 async fn pipelined_requests_get_their_responses_in_order() {
     let s = setup().await;
-    let request = "GET /first HTTP/1.1\r\nHost: pipe.test\r\n\r\n\
+    // The first is the slow one: its answer must still come first.
+    let request = "GET /first HTTP/1.1\r\nHost: pipe.test\r\nx-backend-delay-ms: 200\r\n\r\n\
                    GET /second HTTP/1.1\r\nHost: pipe.test\r\nConnection: close\r\n\r\n";
     let reply = raw_exchange(s.weft.listener("main"), request.as_bytes()).await;
     assert!(reply.closed, "Connection: close on the last request closes the connection");
@@ -227,6 +228,25 @@ async fn curl_h2c_prior_knowledge_and_http1_share_one_port() {
     }
     assert_eq!(results, ["200 2", "200 1.1"]);
     assert_eq!(s.http.hits(), 2);
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways_over_http1_and_h2c() {
+    let s = setup().await;
+    let addr = s.weft.listener("main");
+    let upload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    for version in [HttpVersion::Http1, HttpVersion::H2c] {
+        let mut conn = HttpConn::connect(addr, version).await.unwrap();
+        let resp = conn.request(Method::GET, "/download", &[("x-backend-body-size", "2000000")], "").await.unwrap();
+        assert_eq!(resp.status, 200, "{version:?}");
+        assert_eq!(resp.body.len(), 2_000_000, "{version:?}");
+        assert!(resp.body.iter().all(|b| *b == b'x'), "{version:?}");
+
+        let resp =
+            conn.request(Method::POST, "/upload", &[("x-backend-echo-body", "1")], upload.clone()).await.unwrap();
+        assert_eq!(resp.status, 200, "{version:?}");
+        assert!(resp.body == upload, "{version:?}: the echoed upload differs ({} bytes)", resp.body.len());
+    }
 }
 
 #[tokio::test]

@@ -80,6 +80,24 @@ async fn retries_on_5xx_hide_a_failing_endpoint() {
 }
 
 #[tokio::test]
+async fn a_retried_request_sends_its_whole_body_again() {
+    let good = HttpBackend::start("good").await;
+    let bad = HttpBackend::start("bad").await;
+    bad.set_mode(Mode::Status(503));
+    let weft = start(&[bad.addr(), good.addr()], ", retry_policy: { retry_on: 5xx, num_retries: 2 }", "").await;
+
+    let body: Vec<u8> = (0..20_000u32).map(|i| b'0' + (i % 10) as u8).collect();
+    let mut conn = HttpConn::connect(weft.listener("main"), HttpVersion::Http1).await.unwrap();
+    for _ in 0..6 {
+        let resp = conn.request(Method::POST, "/upload", &[("x-backend-echo-body", "1")], body.clone()).await.unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(backend_of(&resp), "good");
+        assert!(resp.body == body, "the body that reached the backend differs ({} bytes)", resp.body.len());
+    }
+    assert!(bad.hits() >= 1, "no request was retried");
+}
+
+#[tokio::test]
 async fn a_connect_failure_is_retried_on_another_endpoint() {
     let good = HttpBackend::start("good").await;
     let weft =
