@@ -67,6 +67,41 @@ impl Body for Counted {
     }
 }
 
+/// Passes a request body through and records whether it ended in an error (the client's body
+/// broke), so a failed attempt can be blamed on the client rather than the upstream.
+pub struct WatchErrors {
+    inner: ProxyBody,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WatchErrors {
+    pub fn new(inner: ProxyBody) -> (WatchErrors, Arc<std::sync::atomic::AtomicBool>) {
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (WatchErrors { inner, failed: failed.clone() }, failed)
+    }
+}
+
+impl Body for WatchErrors {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &r {
+            self.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A request body shared by all attempts of a request. Frames are forwarded as they arrive and
 /// kept (up to `limit` bytes) so that a retry can replay them; once more than `limit` bytes have
 /// passed, the copy is dropped and the body can no longer be replayed.
@@ -270,6 +305,17 @@ mod tests {
         assert!(earlier_copy.replay().is_none(), "no new attempt may start from a failed body");
         assert!(!earlier_copy.can_replay() && !earlier_copy.is_complete());
         assert!(earlier_copy.collect().await.is_err(), "a reader started earlier must not end cleanly");
+    }
+
+    #[tokio::test]
+    async fn watch_errors_records_a_failed_body() {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"x"))), Err("reset".into())];
+        let (ok, ok_failed) = WatchErrors::new(stream(&["a", "b"]));
+        let (bad, bad_failed) = WatchErrors::new(boxed(StreamBody::new(futures_util::stream::iter(frames))));
+        assert!(ok.collect().await.is_ok() && bad.collect().await.is_err());
+        assert!(!ok_failed.load(std::sync::atomic::Ordering::Relaxed));
+        assert!(bad_failed.load(std::sync::atomic::Ordering::Relaxed));
     }
 
     #[tokio::test]

@@ -38,6 +38,8 @@ pub enum Outcome {
     Timeout,
     /// Refused locally (circuit breaker): says nothing about the host.
     LocalOverflow,
+    /// The client's request failed (its body broke): says nothing about the host.
+    Downstream,
 }
 
 #[derive(Default)]
@@ -463,13 +465,13 @@ impl ClusterRt {
     /// Feeds one attempt's outcome to passive outlier detection.
     pub fn report(self: &Arc<Self>, host: &Arc<Host>, outcome: Outcome) {
         let Some(od) = &self.cfg.outlier_detection else { return };
-        if outcome == Outcome::LocalOverflow {
+        if matches!(outcome, Outcome::LocalOverflow | Outcome::Downstream) {
             return;
         }
         let o = &host.outlier;
         let (is_5xx, is_gateway, is_local) = match outcome {
             Outcome::Status(s) if s >= 500 => (true, matches!(s, 502..=504), false),
-            Outcome::Status(_) | Outcome::LocalOverflow => (false, false, false),
+            Outcome::Status(_) | Outcome::LocalOverflow | Outcome::Downstream => (false, false, false),
             // Without split local/external errors Envoy counts these as a 503 (a gateway error).
             Outcome::ConnectFailure | Outcome::Reset | Outcome::Timeout => (true, true, true),
         };

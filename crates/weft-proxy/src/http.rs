@@ -126,8 +126,8 @@ async fn handle(ctx: &Arc<ConnCtx>, mut req: Request<ProxyBody>, start: Instant)
         return local_reply(ctx, rec, StatusCode::NOT_FOUND, Flags::NO_ROUTE_FOUND, "no route", grpc, false);
     };
     let view = RequestView {
-        authority: &authority,
-        path: &path,
+        authority,
+        path,
         method: req.method().as_str(),
         headers: req.headers(),
         is_grpc: grpc,
@@ -317,13 +317,16 @@ async fn forward(
     };
     // Count request bytes for logs and metrics (replayed bodies count themselves).
     rec.replay = replay.as_ref().and_then(|r| r.replay());
+    let mut plain_failed = None;
     let plain_body = plain_body.map(|b| {
         if b.is_end_stream() {
             return b;
         }
         let (counted, counter) = body::Counted::new(b);
         rec.rx_bytes = Some(counter);
-        body::boxed(counted)
+        let (watched, failed) = body::WatchErrors::new(body::boxed(counted));
+        plain_failed = Some(failed);
+        body::boxed(watched)
     });
 
     let attempt_loop = attempts(
@@ -332,6 +335,7 @@ async fn forward(
         &mut parts,
         replay.as_ref(),
         plain_body,
+        plain_failed.as_deref(),
         retry,
         hash,
         use_h2,
@@ -420,6 +424,23 @@ struct AttemptError {
     kind: RetryKind,
 }
 
+impl AttemptError {
+    /// The client's request body broke (malformed chunk, reset): a 400, never retried, and not
+    /// held against the upstream host.
+    fn client_body_failed() -> AttemptError {
+        AttemptError {
+            fail: AttemptFail {
+                status: StatusCode::BAD_REQUEST,
+                flags: Flags::DOWNSTREAM_PROTOCOL_ERROR,
+                msg: "invalid request body",
+                grpc_code: Some(13),
+            },
+            outcome: Outcome::Downstream,
+            kind: RetryKind::Never,
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum RetryKind {
     ConnectFailure,
@@ -471,6 +492,7 @@ async fn attempts(
     parts: &mut http::request::Parts,
     replay: Option<&ReplayBody>,
     mut plain_body: Option<ProxyBody>,
+    plain_failed: Option<&std::sync::atomic::AtomicBool>,
     retry: Option<&RetryPolicy>,
     hash: Option<u64>,
     use_h2: bool,
@@ -546,6 +568,10 @@ async fn attempts(
                 (true, Some(up), None)
             }
             Err(e) => {
+                // A broken client body fails the attempt too; that says nothing about the host.
+                let client_body_failed = replay.map(|r| r.failed()).unwrap_or(false)
+                    || plain_failed.map(|f| f.load(Relaxed)).unwrap_or(false);
+                let e = if client_body_failed { AttemptError::client_body_failed() } else { e };
                 cluster.report(&host, e.outcome);
                 let wants = retry.map(|p| retry_on_error(p, e.kind)).unwrap_or(false);
                 (wants, None, Some(e.fail))

@@ -103,7 +103,7 @@ async fn a_malformed_chunk_size_closes_the_connection_without_a_second_request()
     assert!(reply.closed, "the connection must be closed:\n{}", reply.text());
     let statuses = reply.statuses();
     assert!(statuses.len() <= 1, "at most one response on a broken connection: {statuses:?}");
-    assert!(statuses.iter().all(|s| *s >= 400), "a broken body cannot succeed: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 400), "a broken body is the client's error: {statuses:?}");
     assert_eq!(s.smuggled(), 0, "a smuggled request reached the backend");
 }
 
@@ -204,4 +204,64 @@ async fn an_upstream_reset_gives_503_and_the_client_connection_stays_in_sync() {
     let responses = reply.responses();
     assert_eq!(responses.iter().map(|r| r.status).collect::<Vec<_>>(), [503, 200], "{}", reply.text());
     assert!(responses[1].body_text().contains("\"/next\""));
+}
+
+/// One backend behind a route that retries resets and 5xx, with outlier detection that ejects
+/// after two consecutive failures.
+async fn retrying_setup() -> Setup {
+    let backend = HttpBackend::start("b").await;
+    let yaml = format!(
+        r#"
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route: {{ cluster: b, retry_policy: {{ retry_on: "5xx,reset,connect-failure", num_retries: 2 }} }}
+clusters:
+  - name: b
+    endpoints: [{b}]
+    outlier_detection: {{ consecutive_5xx: 2, consecutive_gateway_failure: 2, max_ejection_percent: 100 }}
+"#,
+        b = q(backend.addr())
+    );
+    let weft = start_weft(&yaml).await;
+    Setup { backend, weft }
+}
+
+/// A chunked body that breaks after its first chunk.
+const BROKEN_BODY: &str = "POST /broken HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\
+                           x-backend-echo-body: 1\r\n\r\n5\r\nhello\r\nzz\r\n world\r\n0\r\n\r\n";
+
+#[tokio::test]
+async fn a_broken_request_body_is_never_retried_as_a_shorter_complete_one() {
+    let s = retrying_setup().await;
+    let reply = raw_exchange(s.weft.listener("main"), BROKEN_BODY.as_bytes()).await;
+    assert!(reply.closed, "the connection must be closed:\n{}", reply.text());
+    let responses = reply.responses();
+    assert!(responses.len() <= 1, "{}", reply.text());
+    for r in &responses {
+        assert_eq!(r.status, 400, "not answered as the client's error:\n{}", reply.text());
+        assert_eq!(r.header("x-weft-response-flags"), Some("DPE"));
+    }
+    assert!(s.backend.hits() <= 1, "a request whose body failed was sent again ({} attempts)", s.backend.hits());
+}
+
+#[tokio::test]
+async fn broken_request_bodies_do_not_eject_a_healthy_upstream() {
+    let s = retrying_setup().await;
+    for _ in 0..5 {
+        let reply = raw_exchange(s.weft.listener("main"), BROKEN_BODY.as_bytes()).await;
+        assert!(reply.closed);
+    }
+    let host = cluster_host(&s.weft, "b", s.backend.addr()).await;
+    assert_eq!(host["health_flags"], "healthy", "a client's broken bodies were blamed on the upstream: {host}");
+    assert_eq!(stat_now(&s.weft, "cluster.b.outlier_detection.ejections_total").await, 0);
+    let resp = weft_test::http_get(s.weft.listener("main"), "/after", &[]).await.unwrap();
+    assert_eq!(resp.status, 200);
 }
