@@ -115,6 +115,18 @@ async fn handle(ctx: &Arc<ConnCtx>, mut req: Request<ProxyBody>, start: Instant)
             true,
         );
     }
+    // RFC 9112 §3.2: more than one Host is a 400 (proxies and upstreams could pick different ones).
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return local_reply(
+            ctx,
+            rec,
+            StatusCode::BAD_REQUEST,
+            Flags::DOWNSTREAM_PROTOCOL_ERROR,
+            "more than one Host header",
+            grpc,
+            true,
+        );
+    }
     if ctx.shared.draining.load(Relaxed) {
         rec.close_connection = true;
     }

@@ -171,6 +171,15 @@ async fn http11_without_host_is_rejected() {
 }
 
 #[tokio::test]
+async fn two_host_headers_are_rejected() {
+    let s = setup().await;
+    let request = "GET /two-hosts HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n";
+    let reply = raw_exchange(s.weft.listener("main"), request.as_bytes()).await;
+    assert_rejected(&reply, &[400], "two Host headers");
+    assert_eq!(s.backend.hits(), 0);
+}
+
+#[tokio::test]
 async fn garbage_from_the_upstream_gives_502_with_upe() {
     let s = setup().await;
     let mut conn = HttpConn::connect(s.weft.listener("main"), HttpVersion::Http1).await.unwrap();
