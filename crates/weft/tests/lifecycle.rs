@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use weft_test::{http_get, wait_for, HttpBackend, WeftProcess, SIGHUP, SIGTERM};
+use http::Method;
+use weft_test::{http_get, wait_for, HttpBackend, HttpConn, HttpVersion, WeftProcess, SIGHUP, SIGTERM};
 
 const BAD_LB_POLICY: &str = r#"
 clusters:
@@ -202,6 +203,49 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     assert_eq!(resp.json()["path"], "/slow");
     let status = weft.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "{}", weft.output_report());
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_h2_request_finish_then_exits_0() {
+    let s = setup().await;
+    let addr = s.weft.listener("main");
+    let in_flight = tokio::spawn(async move {
+        let mut conn = HttpConn::connect(addr, HttpVersion::H2c).await?;
+        conn.request(Method::GET, "/slow-h2", &[("x-backend-delay-ms", "500")], "").await
+    });
+    assert!(wait_for(Duration::from_secs(10), || async { s.alpha.hits() == 1 }).await, "the request never arrived");
+
+    let mut weft = s.weft;
+    weft.signal(SIGTERM);
+    let resp = in_flight.await.unwrap().expect("the in-flight h2 request completes");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.json()["path"], "/slow-h2");
+    let status = weft.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{}", weft.output_report());
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_in_flight_at_sigterm_is_answered_then_closed() {
+    let s = setup().await;
+    let addr = s.weft.listener("main");
+    let mut conn = HttpConn::connect(addr, HttpVersion::Http1).await.unwrap();
+    let resp = conn.request(Method::GET, "/before", &[], "").await.unwrap();
+    assert_eq!(resp.header("connection"), None, "keep-alive before the drain");
+    let in_flight = tokio::spawn(async move {
+        let resp = conn.request(Method::GET, "/during", &[("x-backend-delay-ms", "500")], "").await;
+        let next = conn.request(Method::GET, "/after", &[], "").await;
+        (resp, next)
+    });
+    assert!(wait_for(Duration::from_secs(10), || async { s.alpha.hits() == 2 }).await);
+    let mut weft = s.weft;
+    weft.signal(SIGTERM);
+    let (resp, next) = in_flight.await.unwrap();
+    let resp = resp.expect("the in-flight request completes");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("connection"), Some("close"), "{:?}", resp.headers);
+    assert!(next.is_err(), "the connection is closed after the drain");
+    assert_eq!(s.alpha.hits(), 2);
+    assert_eq!(weft.wait_exit(Duration::from_secs(15)).await.code(), Some(0));
 }
 
 #[tokio::test]

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use common::*;
 use http::Method;
-use weft_test::{http_get, wait_for, HttpBackend, HttpConn, HttpResponse, HttpVersion, Mode, WeftProcess};
+use weft_test::{
+    http_get, wait_for, GrpcBackend, GrpcClient, HttpBackend, HttpConn, HttpResponse, HttpVersion, Mode, WeftProcess,
+};
 
 /// One listener, one catch-all route to cluster `c` with `route_extra` added to the route action,
 /// and cluster `c` over `endpoints` with `cluster_extra` added.
@@ -95,6 +97,38 @@ async fn a_retried_request_sends_its_whole_body_again() {
         assert!(resp.body == body, "the body that reached the backend differs ({} bytes)", resp.body.len());
     }
     assert!(bad.hits() >= 1, "no request was retried");
+}
+
+#[tokio::test]
+async fn a_body_larger_than_the_retry_buffer_is_still_forwarded_whole() {
+    let good = HttpBackend::start("good").await;
+    let weft = start(&[good.addr()], ", retry_policy: { retry_on: 5xx, num_retries: 2 }", "").await;
+    // The default replay buffer is 64 KiB; this body streams past it.
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let mut conn = HttpConn::connect(weft.listener("main"), HttpVersion::Http1).await.unwrap();
+    let resp = conn.request(Method::POST, "/big", &[("x-backend-echo-body", "1")], body.clone()).await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert!(resp.body == body, "the body that reached the backend differs ({} bytes)", resp.body.len());
+}
+
+#[tokio::test]
+async fn grpc_unavailable_is_retried_on_another_endpoint() {
+    let good = GrpcBackend::start("good").await;
+    let bad = GrpcBackend::start("bad").await;
+    bad.set_mode(Mode::Status(14));
+    let weft = start(
+        &[good.addr(), bad.addr()],
+        ", retry_policy: { retry_on: unavailable, num_retries: 2 }",
+        "protocol: http2",
+    )
+    .await;
+    let mut client = GrpcClient::connect(weft.listener("main")).await.unwrap();
+    for i in 0..20 {
+        let reply = client.say(&format!("m{i}"), &[]).await.unwrap_or_else(|e| panic!("call {i} failed: {e:?}"));
+        assert_eq!(reply.into_inner().backend, "good");
+    }
+    assert!(bad.hits() >= 1, "round robin never tried the failing endpoint");
+    assert_eq!(stat_now(&weft, "cluster.c.upstream_rq_retry").await, bad.hits());
 }
 
 #[tokio::test]
