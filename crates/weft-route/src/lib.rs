@@ -4,9 +4,10 @@
 //! the load-balancing hash).
 //!
 //! Everything here is a pure function over immutable inputs: no I/O, no async, no locks. The
-//! only work done per config change is [`RouteTable::new`]; per request, selection allocates
-//! nothing unless the authority has upper-case letters, a matched header has several values, or
-//! a query value needs percent-decoding.
+//! only work done per config change is [`RouteTable::new`]. Per request, selection allocates
+//! nothing in the common case; it does only for an authority with upper-case letters (or over
+//! 120 bytes), a matched header with several values or non-UTF-8 bytes, or a query parameter
+//! that needs percent-decoding.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
