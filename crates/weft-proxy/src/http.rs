@@ -453,6 +453,22 @@ impl AttemptError {
     }
 }
 
+impl AttemptError {
+    /// A circuit breaker refused the attempt: 503 UO, never retried, not the host's fault.
+    fn overflow() -> AttemptError {
+        AttemptError {
+            fail: AttemptFail {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                flags: Flags::UPSTREAM_OVERFLOW,
+                msg: "upstream overflow",
+                grpc_code: Some(14),
+            },
+            outcome: Outcome::LocalOverflow,
+            kind: RetryKind::Never,
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum RetryKind {
     ConnectFailure,
@@ -700,34 +716,14 @@ async fn try_once(
     let cb = &cluster.cfg.circuit_breakers;
     if cluster.stats.rq_pending_active.load(Relaxed) >= cb.max_pending_requests {
         cluster.stats.rq_overflow.fetch_add(1, Relaxed);
-        return Err(AttemptError {
-            fail: AttemptFail {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                flags: Flags::UPSTREAM_OVERFLOW,
-                msg: "upstream overflow",
-                grpc_code: Some(14),
-            },
-            outcome: Outcome::LocalOverflow,
-            kind: RetryKind::Never,
-        });
+        return Err(AttemptError::overflow());
     }
     cluster.stats.rq_pending_active.fetch_add(1, Relaxed);
     let conn = cluster.connection(host, use_h2).await;
     cluster.stats.rq_pending_active.fetch_sub(1, Relaxed);
     let conn = match conn {
         Ok(c) => c,
-        Err(ConnectError::Overflow) => {
-            return Err(AttemptError {
-                fail: AttemptFail {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    flags: Flags::UPSTREAM_OVERFLOW,
-                    msg: "upstream overflow",
-                    grpc_code: Some(14),
-                },
-                outcome: Outcome::LocalOverflow,
-                kind: RetryKind::Never,
-            })
-        }
+        Err(ConnectError::Overflow) => return Err(AttemptError::overflow()),
         Err(e) => {
             tracing::debug!(cluster = %cluster.cfg.name, upstream = %host.addr, error = %e, "upstream connect failed");
             host.rq_error.fetch_add(1, Relaxed);
