@@ -217,6 +217,10 @@ async fn x_forwarded_for_and_proto_are_set_for_the_upstream() {
     get(&r, "/", &[("x-forwarded-for", "203.0.113.9")]).await;
     let seen = r.a.last_request().unwrap();
     assert_eq!(seen.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"), "the peer is appended");
+
+    get(&r, "/", &[("x-forwarded-proto", "https")]).await;
+    let seen = r.a.last_request().unwrap();
+    assert_eq!(seen.header_all("x-forwarded-proto"), ["http"], "a client cannot claim https");
 }
 
 fn looks_like_uuid(s: &str) -> bool {

@@ -82,6 +82,9 @@ listeners:
   - name: tcp
     address: "127.0.0.1:0"
     tcp: {{ cluster: tcp_echo }}
+  - name: tcp_dead
+    address: "127.0.0.1:0"
+    tcp: {{ cluster: refused }}
 clusters:
   - {{ name: http, endpoints: [{http}] }}
   - {{ name: grpc, endpoints: [{grpc}], protocol: http2 }}
@@ -153,6 +156,45 @@ async fn pipelined_requests_get_their_responses_in_order() {
         })
         .collect();
     assert_eq!(paths, ["/first", "/second"]);
+}
+
+#[tokio::test]
+async fn many_pipelined_requests_all_come_back_in_order() {
+    let s = setup().await;
+    const N: usize = 50;
+    let mut request = String::new();
+    for i in 0..N {
+        let close = if i == N - 1 { "Connection: close\r\n" } else { "" };
+        request.push_str(&format!("GET /p/{i} HTTP/1.1\r\nHost: pipe.test\r\n{close}\r\n"));
+    }
+    let reply = raw_exchange(s.weft.listener("main"), request.as_bytes()).await;
+    assert!(reply.closed);
+    let paths: Vec<String> = reply
+        .responses()
+        .iter()
+        .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["path"].as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = (0..N).map(|i| format!("/p/{i}")).collect();
+    assert_eq!(paths, want);
+}
+
+#[tokio::test]
+async fn a_head_response_has_no_body_and_the_connection_stays_in_sync() {
+    let s = setup().await;
+    let request = "HEAD /head HTTP/1.1\r\nHost: h.test\r\n\r\n\
+                   GET /after-head HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n";
+    let reply = raw_exchange(s.weft.listener("main"), request.as_bytes()).await;
+    assert!(reply.closed);
+    // parse_responses would take a HEAD response's Content-Length as a body: split by hand.
+    let text = reply.text();
+    let (head, rest) = text.split_once("\r\n\r\n").expect("a HEAD response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(head.to_ascii_lowercase().contains("content-length:"), "HEAD keeps the length: {head}");
+    let second = parse_responses(rest.as_bytes());
+    assert_eq!(second.len(), 1, "the GET's response follows the HEAD's head directly:\n{text}");
+    assert!(second[0].body_text().contains("\"/after-head\""), "{text}");
+    let methods: Vec<String> = s.http.requests().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(methods, ["HEAD", "GET"]);
 }
 
 #[tokio::test]
@@ -379,4 +421,14 @@ async fn a_tcp_listener_proxies_bytes_and_passes_half_close_on() {
         .expect("no reply: the half-close did not reach the server, or its reply did not come back")
         .unwrap();
     assert_eq!(reply, b"echo:ping over tcp");
+}
+
+#[tokio::test]
+async fn a_tcp_connection_to_an_unreachable_cluster_is_closed() {
+    let s = setup().await;
+    let mut c = TcpStream::connect(s.weft.listener("tcp_dead")).await.unwrap();
+    let _ = c.write_all(b"anyone there?").await;
+    let reply = read_until_close(&mut c, Duration::from_secs(10)).await;
+    assert!(reply.closed, "the proxy must close a connection it cannot forward");
+    assert!(reply.bytes.is_empty(), "{:?}", reply.text());
 }
