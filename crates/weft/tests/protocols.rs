@@ -22,7 +22,6 @@ struct Setup {
     http: HttpBackend,
     grpc: GrpcBackend,
     ws: WsBackend,
-    tcp_echo: SocketAddr,
     weft: WeftProcess,
 }
 
@@ -103,7 +102,7 @@ clusters:
         dead = q(dead_addr()),
     );
     let weft = start_weft(&yaml).await;
-    Setup { http, grpc, ws, tcp_echo, weft }
+    Setup { http, grpc, ws, weft }
 }
 
 fn url(s: &Setup, path: &str) -> String {
@@ -411,7 +410,6 @@ async fn a_websocket_echoes_through_the_proxy() {
 #[tokio::test]
 async fn a_tcp_listener_proxies_bytes_and_passes_half_close_on() {
     let s = setup().await;
-    let _ = s.tcp_echo;
     let mut c = TcpStream::connect(s.weft.listener("tcp")).await.unwrap();
     c.write_all(b"ping over tcp").await.unwrap();
     c.shutdown().await.unwrap(); // half-close: no more writes, still reading
