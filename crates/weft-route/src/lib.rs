@@ -110,7 +110,7 @@ impl RouteTable {
         let vhost = self.cfg.virtual_hosts.get(vhost_index)?;
         let compiled = self.compiled.get(vhost_index)?;
         let (path, query) = uri::split_target(req.path);
-        let target = Target { full: req.path, path, query };
+        let target = Target { path, query };
         let route_index =
             vhost.routes.iter().zip(compiled.iter()).position(|(r, c)| route_matches(&r.matcher, c, req, &target))?;
         let route = vhost.routes.get(route_index)?;

@@ -48,16 +48,15 @@ impl CompiledMatch {
 
 /// The parts of the request target, split once per request rather than once per route.
 pub(crate) struct Target<'a> {
-    /// Path and query as received: Envoy's `prefix` matches against the whole `:path`.
-    pub(crate) full: &'a str,
-    /// Without query and fragment: what `path`, `safe_regex` and `path_separated_prefix` see.
+    /// Without query and fragment: what every path matcher sees (Envoy's `PathMatcher` strips
+    /// both before `prefix`, `path`, `safe_regex` and `path_separated_prefix` alike).
     pub(crate) path: &'a str,
     pub(crate) query: &'a str,
 }
 
 pub(crate) fn route_matches(m: &RouteMatch, c: &CompiledMatch, req: &RequestView<'_>, t: &Target<'_>) -> bool {
     let path_ok = match &m.path {
-        PathMatch::Prefix(p) => starts_with(t.full, p, m.case_sensitive),
+        PathMatch::Prefix(p) => starts_with(t.path, p, m.case_sensitive),
         PathMatch::Exact(p) => equals(t.path, p, m.case_sensitive),
         // `case_sensitive` does not apply to regexes in Envoy; the pattern is anchored (full match).
         PathMatch::Regex(r) => r.is_match(t.path),

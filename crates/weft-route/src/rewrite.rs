@@ -7,13 +7,12 @@ use crate::uri::{split_port, split_target, starts_with};
 
 /// The new path and query for a forwarded request, or None when the route rewrites nothing.
 ///
-/// * `prefix_rewrite` replaces what the route matched: for `prefix` the matched prefix of the
-///   path and query (Envoy matches prefixes against the whole `:path`), for
-///   `path_separated_prefix` the prefix of the path, for an exact `path` the whole path. The
-///   rest, query included, is kept verbatim — Envoy adds or removes no `/`, so prefix `/api` with
-///   rewrite `/` turns `/api/users` into `//users`; use prefix `/api/` for `/users`.
-///   With a `safe_regex` match there is no matched prefix, so the rewrite does not apply (None).
-///   None as well when `path_and_query` does not carry the matched prefix (a caller mismatch).
+/// * `prefix_rewrite` replaces what the route matched: for `prefix` and `path_separated_prefix`
+///   the matched prefix of the path; for an exact `path` and for `safe_regex` the whole path
+///   (Envoy's `RegexRouteEntryImpl` treats the whole query-less path as the matched part). The
+///   rest, query included, is kept verbatim — Envoy adds or removes no `/`, so prefix `/api`
+///   with rewrite `/` turns `/api/users` into `//users`; use prefix `/api/` for `/users`.
+///   None when `path_and_query` is not one the route matched (a caller mismatch).
 /// * `regex_rewrite` substitutes every match of its pattern in the path (not the query), with
 ///   RE2-style `\1` group references, keeping the query. None when the pattern does not occur.
 pub fn rewrite_path(fw: &Forward, matched: &PathMatch, path_and_query: &str) -> Option<String> {
@@ -50,9 +49,9 @@ fn replace_matched(new_prefix: &str, matched: &PathMatch, path_and_query: &str) 
     let cut = match matched {
         // The rewrite may follow a case-insensitive match, so the check ignores case: a
         // case-sensitive match passes it too.
-        PathMatch::Prefix(p) if starts_with(path_and_query, p, false) => p.len(),
-        PathMatch::PathSeparatedPrefix(p) if starts_with(path, p, false) => p.len(),
+        PathMatch::Prefix(p) | PathMatch::PathSeparatedPrefix(p) if starts_with(path, p, false) => p.len(),
         PathMatch::Exact(p) if path.eq_ignore_ascii_case(p) => path.len(),
+        PathMatch::Regex(r) if r.is_match(path) => path.len(),
         _ => return None,
     };
     // `get`: a multi-byte character straddling the cut means the caller passed a path the route
@@ -103,8 +102,8 @@ impl Replacer for Re2Substitution<'_> {
 ///   default (`http` + 80, `https` + 443) is dropped, so `http://a:80` → `https://a`.
 /// * port: the override (0 means none, as in Envoy's proto) replaces any port, including one
 ///   written into the host override. A port equal to the final scheme's default is not written.
-/// * path: `path` replaces the path; `prefix_rewrite` replaces the matched prefix like
-///   [`rewrite_path`] (a `safe_regex` match keeps the path unchanged); else the path is kept.
+/// * path: `path` replaces the path; `prefix_rewrite` replaces the matched part like
+///   [`rewrite_path`]; else the path is kept.
 /// * query: kept unless `strip_query`; a `?` inside the `path` override replaces the request's
 ///   query and is never stripped (Envoy).
 pub fn redirect_location(
