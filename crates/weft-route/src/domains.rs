@@ -93,6 +93,10 @@ impl Wildcards {
 #[derive(Default)]
 pub(crate) struct DomainIndex {
     exact: HashMap<Box<str>, usize>,
+    /// Whether any exact / suffix-wildcard domain names a port; when none does, the
+    /// `host:listener-port` candidate cannot match and is never built.
+    exact_has_port: bool,
+    suffix_has_port: bool,
     suffixes: Wildcards,
     prefixes: Wildcards,
     any: Option<usize>,
@@ -109,10 +113,12 @@ impl DomainIndex {
                 if d == "*" {
                     ix.any.get_or_insert(i);
                 } else if let Some(fixed) = d.strip_prefix('*') {
+                    ix.suffix_has_port |= fixed.contains(':');
                     ix.suffixes.insert(fixed, i);
                 } else if let Some(fixed) = d.strip_suffix('*') {
                     ix.prefixes.insert(fixed, i);
                 } else {
+                    ix.exact_has_port |= d.contains(':');
                     ix.exact.entry(d.into()).or_insert(i);
                 }
             }
@@ -133,7 +139,9 @@ impl DomainIndex {
         let mut buf = PortBuf::new();
         let (stripped, with_port): (Option<&str>, Option<&str>) = match split_port(primary) {
             (host, Some(_)) => (Some(host), None),
-            (host, None) if port != 0 && !host.is_empty() => (None, Some(buf.join(host, port))),
+            (host, None) if port != 0 && !host.is_empty() && (self.exact_has_port || self.suffix_has_port) => {
+                (None, Some(buf.join(host, port)))
+            }
             _ => (None, None),
         };
         let alternate = stripped.or(with_port);
