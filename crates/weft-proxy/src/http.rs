@@ -46,6 +46,8 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     /// The connection's destination (original destination when captured).
     pub destination: SocketAddr,
+    /// HTTP/1 framing verdicts from the connection's read side (see h1guard).
+    pub h1_verdicts: Option<Arc<crate::h1guard::Verdicts>>,
 }
 
 /// The service hyper calls for each request.
@@ -104,6 +106,21 @@ async fn handle(ctx: &Arc<ConnCtx>, mut req: Request<ProxyBody>, start: Instant)
         rec.user_agent = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     }
 
+    if req.version() != Version::HTTP_2 {
+        if let Some(v) = &ctx.h1_verdicts {
+            if v.next_request_conflicts() {
+                return local_reply(
+                    ctx,
+                    rec,
+                    StatusCode::BAD_REQUEST,
+                    Flags::DOWNSTREAM_PROTOCOL_ERROR,
+                    "both Content-Length and Transfer-Encoding",
+                    false,
+                    true,
+                );
+            }
+        }
+    }
     if req.version() == Version::HTTP_11 && authority.is_empty() {
         return local_reply(
             ctx,

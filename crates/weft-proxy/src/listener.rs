@@ -251,7 +251,15 @@ async fn serve_http(
     destination: SocketAddr,
 ) {
     let hcm = h.hcm.clone();
-    let ctx = Arc::new(ConnCtx { shared: shared.clone(), snap, http: h, peer, destination });
+    // HTTP/1 framing watch (CL+TE conflicts answer 400); HTTP/2-only listeners skip it.
+    let (stream, h1_verdicts) = match hcm.codec {
+        DownstreamCodec::Http2 => (crate::h1guard::Guarded::new(stream, 0).0, None),
+        _ => {
+            let (g, v) = crate::h1guard::Guarded::new(stream, hcm.limits.max_request_headers_bytes.max(8192) + 1024);
+            (g, Some(v))
+        }
+    };
+    let ctx = Arc::new(ConnCtx { shared: shared.clone(), snap, http: h, peer, destination, h1_verdicts });
     let svc = service_fn(move |req| serve(ctx.clone(), req));
     let mut drain = shared.drain_rx.clone();
     let io = TokioIo::new(stream);

@@ -74,10 +74,6 @@ async fn content_length_with_transfer_encoding_smuggles_nothing_and_closes_the_c
 }
 
 #[tokio::test]
-#[ignore = "proxy bug: hyper's HTTP/1 parser drops Content-Length when Transfer-Encoding is present \
-            (it frames by TE and only disables keep-alive), so weft cannot see the conflict and \
-            forwards the request (200) instead of answering 400; rejecting it needs a request-head \
-            check below hyper"]
 async fn content_length_with_transfer_encoding_is_rejected_with_400() {
     let s = setup().await;
     for request in cl_te_requests() {
