@@ -1,6 +1,7 @@
 //! Body types on the request path: boxed bodies, a replayable request body for retries, and a
 //! response body that returns its HTTP/1 connection to the pool when the response is complete.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -29,6 +30,57 @@ where
     B::Error: Into<BoxError>,
 {
     b.map_err(Into::into).boxed_unsync()
+}
+
+/// Ends a body with an error when no frame arrives for `idle` (stream idle timeout). The timer
+/// is armed only when a poll actually waits, so bodies whose bytes are already there (most
+/// small responses) never touch the timer wheel.
+pub struct IdleTimeout {
+    inner: ProxyBody,
+    idle: std::time::Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Set when the timer fired; the caller reads it to flag the stream (SI).
+    pub fired: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl IdleTimeout {
+    pub fn new(inner: ProxyBody, idle: std::time::Duration) -> IdleTimeout {
+        IdleTimeout { inner, idle, sleep: None, fired: Arc::new(std::sync::atomic::AtomicBool::new(false)) }
+    }
+}
+
+impl Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(r) => {
+                this.sleep = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.fired.store(true, std::sync::atomic::Ordering::Relaxed);
+                        Poll::Ready(Some(Err("stream idle timeout".into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Counts the bytes of a body as they pass.
@@ -269,12 +321,33 @@ impl Body for ReplayBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt;
     use http_body_util::{BodyExt, StreamBody};
 
     fn stream(chunks: &[&'static str]) -> ProxyBody {
         let frames: Vec<Result<Frame<Bytes>, BoxError>> =
             chunks.iter().map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes())))).collect();
         boxed(StreamBody::new(futures_util::stream::iter(frames)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_ends_after_the_idle_timeout() {
+        // A body that yields one frame, then never another.
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![Ok(Frame::data(Bytes::from_static(b"a")))];
+        let stalled = futures_util::stream::iter(frames).chain(futures_util::stream::pending());
+        let mut body = IdleTimeout::new(boxed(StreamBody::new(stalled)), std::time::Duration::from_secs(30));
+        let fired = body.fired.clone();
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "a");
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "stream idle timeout");
+        assert!(fired.load(std::sync::atomic::Ordering::Relaxed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ready_body_never_times_out() {
+        let mut body = IdleTimeout::new(stream(&["ab", "cd"]), std::time::Duration::from_millis(1));
+        assert_eq!(BodyExt::collect(&mut body).await.unwrap().to_bytes(), "abcd");
+        assert!(!body.fired.load(std::sync::atomic::Ordering::Relaxed));
     }
 
     #[tokio::test]

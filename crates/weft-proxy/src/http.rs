@@ -337,6 +337,13 @@ async fn forward(
     let retry: Option<&RetryPolicy> = fw.retry.as_ref().or(vhost.retry.as_ref());
 
     let (mut parts, body) = req.into_parts();
+    // Stream idle timeout (route `idle_timeout`, else the connection manager's): a client that
+    // stops sending its body, or an upstream that stops sending its response, is cut off.
+    let idle = fw.idle_timeout.or(ctx.http.hcm.stream_idle_timeout);
+    let body = match idle {
+        Some(d) if !body.is_end_stream() => body::boxed(body::IdleTimeout::new(body, d)),
+        _ => body,
+    };
     let limit = ctx.http.hcm.limits.max_buffered_body_bytes;
     // When no retry or mirror needs the body again, it goes upstream untouched.
     let (replay, plain_body) = if retry.is_some() || !fw.mirrors.is_empty() {
@@ -399,6 +406,15 @@ async fn forward(
         }
         Ok(up) => {
             let mut resp = up.response;
+            if let Some(d) = idle {
+                if !resp.body().is_end_stream() {
+                    resp = resp.map(|b| {
+                        let t = body::IdleTimeout::new(b, d);
+                        rec.idle_fired = Some(t.fired.clone());
+                        body::boxed(t)
+                    });
+                }
+            }
             strip_hop_by_hop(resp.headers_mut(), grpc);
             let ust = up.upstream_time.as_millis().to_string();
             if let Ok(v) = HeaderValue::from_str(&ust) {

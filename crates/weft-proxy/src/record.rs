@@ -40,6 +40,8 @@ pub struct Record {
     /// Reads the request body's byte count at the end (replayed or counted bodies).
     pub replay: Option<ReplayBody>,
     pub rx_bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Set by the response's stream idle timer when it fired (flag SI).
+    pub idle_fired: Option<Arc<std::sync::atomic::AtomicBool>>,
     active: Option<RqActive>,
 }
 
@@ -85,6 +87,7 @@ impl Record {
             bytes_sent: 0,
             replay: None,
             rx_bytes: None,
+            idle_fired: None,
             active: None,
         }
     }
@@ -147,7 +150,9 @@ impl TrackedBody {
                 }
             }
         }
-        if self.errored {
+        if self.errored && rec.idle_fired.as_ref().map(|f| f.load(Relaxed)).unwrap_or(false) {
+            rec.flags.insert(Flags::STREAM_IDLE_TIMEOUT);
+        } else if self.errored {
             rec.flags.insert(Flags::UPSTREAM_CONNECTION_TERMINATION);
         } else if !complete {
             rec.flags.insert(Flags::DOWNSTREAM_CONNECTION_TERMINATION);

@@ -388,3 +388,32 @@ async fn a_failing_health_check_on_the_only_host_gives_503_uh() {
     assert!(has_flag(resp, "UH"), "flags {}", flags_of(resp));
     assert_eq!(traffic(&b), 0, "the request never reached the unhealthy host");
 }
+
+/// An upstream that answers with headers and part of its body, then goes silent (holding the
+/// connection open) must not hold the client forever: the stream idle timeout ends it.
+#[tokio::test]
+async fn a_response_body_that_stalls_is_cut_by_the_stream_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    let stall = tokio::spawn(async move {
+        let (mut s, _) = upstream.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial").await.unwrap();
+        // Hold the connection open, sending nothing more, for far longer than the idle timeout.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(s);
+    });
+    let weft = start(&[up_addr], ", idle_timeout: 300ms", "").await;
+    let mut s = tokio::net::TcpStream::connect(weft.listener("main")).await.unwrap();
+    s.write_all(b"GET /stall HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+    // The client must see the connection end well before this bound (which would mean a hang).
+    let reply = read_until_close(&mut s, Duration::from_secs(20)).await;
+    assert!(reply.closed, "the proxy must end a stalled stream, not hang:\n{}", reply.text());
+    let text = reply.text();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    assert_eq!(body, "partial", "the client gets what arrived, then the stream is cut (100 bytes were announced)");
+    stall.abort();
+}
