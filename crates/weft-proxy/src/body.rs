@@ -3,8 +3,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -160,11 +162,16 @@ impl Body for WatchErrors {
 pub struct ReplayBody {
     shared: Arc<Mutex<ReplayState>>,
     cursor: usize,
+    /// The attempt this reader belongs to: once a newer attempt starts, this one may no longer
+    /// pull from the client (it would steal frames and wake-ups from the live attempt).
+    generation: u64,
 }
 
 struct ReplayState {
     source: Option<ProxyBody>,
     frames: Vec<ReplayFrame>,
+    /// Bytes held for replay, counting a fixed overhead per frame so that many tiny frames
+    /// cannot hold far more memory than the limit says.
     buffered: usize,
     limit: usize,
     overflowed: bool,
@@ -172,9 +179,17 @@ struct ReplayState {
     /// The client's body failed (reset, malformed chunk): what was read is not the whole body
     /// and must never be replayed as if it were.
     failed: bool,
-    /// Number of bytes that any attempt has pulled from the source.
-    pulled: usize,
+    /// Number of bytes that any attempt has pulled from the source (shared with the record, so
+    /// logging the count does not keep the buffered frames alive).
+    pulled: Arc<AtomicU64>,
+    generation: u64,
+    /// The task of the reader that last waited on the source, woken when a newer attempt takes
+    /// over so that it notices it was superseded.
+    parked: Option<Waker>,
 }
+
+/// What one held frame is charged beyond its payload.
+const FRAME_OVERHEAD: usize = 64;
 
 #[derive(Clone)]
 enum ReplayFrame {
@@ -194,25 +209,42 @@ impl ReplayBody {
                 overflowed: false,
                 done,
                 failed: false,
-                pulled: 0,
+                pulled: Arc::new(AtomicU64::new(0)),
+                generation: 0,
+                parked: None,
             })),
             cursor: 0,
+            generation: 0,
         }
     }
 
-    /// A fresh reader for the next attempt, or None when the body can no longer be replayed.
-    pub fn replay(&self) -> Option<ReplayBody> {
-        let st = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+    /// A reader for the next attempt, or None when the body can no longer be replayed. Readers
+    /// of earlier attempts stop pulling from the client: they fail once they reach what is held.
+    pub fn next_attempt(&self) -> Option<ReplayBody> {
+        let mut st = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         if st.overflowed || st.failed {
             return None;
         }
-        Some(ReplayBody { shared: self.shared.clone(), cursor: 0 })
+        st.generation += 1;
+        let generation = st.generation;
+        if let Some(w) = st.parked.take() {
+            w.wake();
+        }
+        Some(ReplayBody { shared: self.shared.clone(), cursor: 0, generation })
     }
 
-    /// True when the whole body has been read and is still held (a mirror can send it).
-    pub fn is_complete(&self) -> bool {
+    /// A reader of the complete body (a mirror), or None unless all of it is held.
+    pub fn complete_copy(&self) -> Option<ReplayBody> {
         let st = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        st.done && !st.overflowed && !st.failed
+        if !st.done || st.overflowed || st.failed {
+            return None;
+        }
+        Some(ReplayBody { shared: self.shared.clone(), cursor: 0, generation: st.generation })
+    }
+
+    /// The count of bytes read from the client, readable after the body is gone.
+    pub fn received_counter(&self) -> Arc<AtomicU64> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).pulled.clone()
     }
 
     /// True when reading the client's body failed.
@@ -220,15 +252,10 @@ impl ReplayBody {
         self.shared.lock().unwrap_or_else(|e| e.into_inner()).failed
     }
 
-    /// Bytes read from the client so far.
-    pub fn bytes_received(&self) -> u64 {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner()).pulled as u64
-    }
-
     /// True when nothing has been read from the client yet, or everything read is still held.
     pub fn can_replay(&self) -> bool {
         let st = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        !st.failed && (!st.overflowed || st.pulled == 0)
+        !st.failed && (!st.overflowed || st.pulled.load(Relaxed) == 0)
     }
 }
 
@@ -258,9 +285,19 @@ impl Body for ReplayBody {
         if st.done {
             return Poll::Ready(None);
         }
+        if this.generation != st.generation {
+            // A retry took over the client's body; this attempt is abandoned.
+            return Poll::Ready(Some(Err("request body taken over by a retry".into())));
+        }
         let Some(src) = st.source.as_mut() else { return Poll::Ready(None) };
         match Pin::new(src).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                match &st.parked {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => st.parked = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
             Poll::Ready(None) => {
                 st.done = true;
                 Poll::Ready(None)
@@ -272,17 +309,18 @@ impl Body for ReplayBody {
             }
             Poll::Ready(Some(Ok(frame))) => {
                 let len = frame.data_ref().map(|d| d.len()).unwrap_or(0);
-                st.pulled += len;
+                st.pulled.fetch_add(len as u64, Relaxed);
                 if !st.overflowed {
-                    if st.buffered + len > st.limit {
+                    if st.buffered + len + FRAME_OVERHEAD > st.limit {
                         st.overflowed = true;
                         st.frames.clear();
                         st.buffered = 0;
                     } else if let Some(d) = frame.data_ref() {
                         st.frames.push(ReplayFrame::Data(d.clone()));
-                        st.buffered += len;
+                        st.buffered += len + FRAME_OVERHEAD;
                     } else if let Some(t) = frame.trailers_ref() {
                         st.frames.push(ReplayFrame::Trailers(t.clone()));
+                        st.buffered += FRAME_OVERHEAD;
                     }
                 }
                 // Keep this reader's cursor past what it has seen (buffered or not).
@@ -312,7 +350,7 @@ impl Body for ReplayBody {
             return SizeHint::with_exact(rest as u64);
         }
         match st.source.as_ref() {
-            Some(s) if self.cursor == 0 && st.pulled == 0 => s.size_hint(),
+            Some(s) if self.cursor == 0 && st.pulled.load(Relaxed) == 0 => s.size_hint(),
             _ => SizeHint::default(),
         }
     }
@@ -352,18 +390,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_small_body_replays_for_every_attempt() {
-        let first = ReplayBody::new(stream(&["ab", "cd"]), 100);
-        let second = first.replay().unwrap();
+        let body = ReplayBody::new(stream(&["ab", "cd"]), 1000);
+        let first = body.next_attempt().unwrap();
         assert_eq!(first.collect().await.unwrap().to_bytes(), "abcd");
+        let second = body.next_attempt().unwrap();
         assert_eq!(second.collect().await.unwrap().to_bytes(), "abcd");
+        assert_eq!(body.received_counter().load(Relaxed), 4);
     }
 
     #[tokio::test]
     async fn a_retry_during_the_first_attempt_sees_the_whole_body() {
-        let mut first = ReplayBody::new(stream(&["ab", "cd", "ef"]), 100);
+        let body = ReplayBody::new(stream(&["ab", "cd", "ef"]), 1000);
+        let mut first = body.next_attempt().unwrap();
         let f = first.frame().await.unwrap().unwrap();
         assert_eq!(f.into_data().unwrap(), "ab");
-        let second = first.replay().unwrap();
+        let second = body.next_attempt().unwrap();
         assert_eq!(second.collect().await.unwrap().to_bytes(), "abcdef");
     }
 
@@ -371,13 +412,12 @@ mod tests {
     async fn a_body_that_failed_is_never_replayed_as_a_shorter_one() {
         let frames: Vec<Result<Frame<Bytes>, BoxError>> =
             vec![Ok(Frame::data(Bytes::from_static(b"hello"))), Err("malformed chunk".into())];
-        let first = ReplayBody::new(boxed(StreamBody::new(futures_util::stream::iter(frames))), 100);
-        let earlier_copy = first.replay().unwrap();
+        let body = ReplayBody::new(boxed(StreamBody::new(futures_util::stream::iter(frames))), 1000);
+        let first = body.next_attempt().unwrap();
         assert!(first.collect().await.is_err());
-        assert!(earlier_copy.failed());
-        assert!(earlier_copy.replay().is_none(), "no new attempt may start from a failed body");
-        assert!(!earlier_copy.can_replay() && !earlier_copy.is_complete());
-        assert!(earlier_copy.collect().await.is_err(), "a reader started earlier must not end cleanly");
+        assert!(body.failed());
+        assert!(body.next_attempt().is_none(), "no new attempt may start from a failed body");
+        assert!(!body.can_replay() && body.complete_copy().is_none());
     }
 
     #[tokio::test]
@@ -393,10 +433,40 @@ mod tests {
 
     #[tokio::test]
     async fn a_large_body_streams_once_and_cannot_replay() {
-        let first = ReplayBody::new(stream(&["abc", "def"]), 4);
-        let copy = first.replay().unwrap();
+        let body = ReplayBody::new(stream(&["abc", "def"]), 4 + FRAME_OVERHEAD);
+        let first = body.next_attempt().unwrap();
         assert_eq!(first.collect().await.unwrap().to_bytes(), "abcdef");
-        assert!(copy.shared.lock().unwrap().overflowed);
-        assert!(copy.replay().is_none());
+        assert!(body.shared.lock().unwrap().overflowed);
+        assert!(body.next_attempt().is_none());
+        assert_eq!(body.received_counter().load(Relaxed), 6);
+    }
+
+    #[tokio::test]
+    async fn many_tiny_frames_count_their_overhead() {
+        let chunks = ["x"; 20];
+        let body = ReplayBody::new(stream(&chunks), 10 * (1 + FRAME_OVERHEAD));
+        assert_eq!(body.next_attempt().unwrap().collect().await.unwrap().to_bytes().len(), 20);
+        assert!(body.next_attempt().is_none(), "20 frames of one byte exceed a 10-frame budget");
+    }
+
+    #[tokio::test]
+    async fn a_superseded_attempt_stops_pulling_and_is_woken() {
+        // The client sends one frame, then waits: the first attempt parks on the source.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+        let body = ReplayBody::new(boxed(StreamBody::new(frames)), 1000);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"ab")))).await.unwrap();
+        let mut first = body.next_attempt().unwrap();
+        assert_eq!(first.frame().await.unwrap().unwrap().into_data().unwrap(), "ab");
+        let waiting = tokio::spawn(async move { first.frame().await.map(|r| r.is_err()) });
+        tokio::task::yield_now().await;
+        // A retry starts: the first reader is woken and fails instead of stealing frames.
+        let mut second = body.next_attempt().unwrap();
+        let stale_failed = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.unwrap().unwrap();
+        assert_eq!(stale_failed, Some(true));
+        assert_eq!(second.frame().await.unwrap().unwrap().into_data().unwrap(), "ab");
+        tx.send(Ok(Frame::data(Bytes::from_static(b"cd")))).await.unwrap();
+        drop(tx);
+        assert_eq!(second.collect().await.unwrap().to_bytes(), "cd");
     }
 }

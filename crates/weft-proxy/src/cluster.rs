@@ -550,6 +550,21 @@ impl ClusterRt {
 
     /// Starts active health checking and DNS refresh for this cluster (on the control runtime).
     pub fn start_background(self: &Arc<Self>) {
+        // Hosts carried over from the previous generation may still be ejected: this cluster
+        // owns their return now (the old one's timers die with it).
+        for h in self.set.load().hosts.iter().filter(|h| h.ejected()) {
+            let until = Duration::from_millis(h.outlier.ejected_until_ms.load(Relaxed));
+            let left = until.saturating_sub(self.epoch.elapsed());
+            let weak = Arc::downgrade(self);
+            let host = h.clone();
+            let task = worker::spawn_control(async move {
+                tokio::time::sleep(left).await;
+                if let Some(c) = weak.upgrade() {
+                    c.uneject(&host);
+                }
+            });
+            self.track(task);
+        }
         for (i, _) in self.cfg.health_checks.iter().enumerate() {
             let weak = Arc::downgrade(self);
             let t = worker::spawn_control(health_loop(weak, i));
@@ -680,6 +695,22 @@ async fn check_once(addr: SocketAddr, kind: &HealthCheckKind) -> bool {
             conn.abort();
             ok
         }
+    }
+}
+
+/// Counts an attempt waiting for a connection (`max_pending_requests`) until it is dropped.
+pub struct PendingGuard(Arc<ClusterStats>);
+
+impl PendingGuard {
+    pub fn new(stats: &Arc<ClusterStats>) -> PendingGuard {
+        stats.rq_pending_active.fetch_add(1, Relaxed);
+        PendingGuard(stats.clone())
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.rq_pending_active.fetch_sub(1, Relaxed);
     }
 }
 

@@ -23,7 +23,7 @@ use crate::body::{self, ProxyBody, ReplayBody};
 use crate::cluster::{ClusterRt, Conn, ConnectError, Host, Outcome};
 use crate::flags::Flags;
 use crate::record::{Record, TrackedBody};
-use crate::snapshot::{HttpRt, Snapshot};
+use crate::snapshot::{HttpRt, Routes};
 use crate::{worker, Shared};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -41,7 +41,6 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Per downstream connection: what every request on it shares.
 pub struct ConnCtx {
     pub shared: Arc<Shared>,
-    pub snap: Arc<Snapshot>,
     pub http: Arc<HttpRt>,
     pub peer: SocketAddr,
     /// The connection's destination (original destination when captured).
@@ -151,7 +150,11 @@ async fn handle(ctx: &Arc<ConnCtx>, mut req: Request<ProxyBody>, start: Instant)
     strip_hop_by_hop(req.headers_mut(), grpc);
 
     // ---- route --------------------------------------------------------------------------------
-    let Some(table) = ctx.http.routes.clone() else {
+    let table = match &ctx.http.routes {
+        Routes::Inline(t) => Some(t.clone()),
+        Routes::Named(n) => ctx.shared.snapshot.load().routes.get(n).cloned(),
+    };
+    let Some(table) = table else {
         return local_reply(ctx, rec, StatusCode::NOT_FOUND, Flags::NO_ROUTE_FOUND, "no route", grpc, false);
     };
     let view = RequestView {
@@ -249,7 +252,7 @@ async fn forward(
             (w.name.as_str(), Some(w))
         }
     };
-    let Some(cluster) = ctx.snap.clusters.get(cluster_name).cloned() else {
+    let Some(cluster) = ctx.shared.snapshot.load().clusters.get(cluster_name).cloned() else {
         return local_reply(
             ctx,
             rec,
@@ -313,7 +316,7 @@ async fn forward(
     rec.track_active(&cluster);
 
     if upgrade && ctx.http.hcm.websocket {
-        return websocket(ctx, req, rec, &cluster, hash, &new_path, &new_authority).await;
+        return websocket(ctx, req, rec, &cluster, hash, &new_path, &new_authority, fw.timeout).await;
     }
 
     let version = req.version();
@@ -352,7 +355,7 @@ async fn forward(
         (None, Some(body))
     };
     // Count request bytes for logs and metrics (replayed bodies count themselves).
-    rec.replay = replay.as_ref().and_then(|r| r.replay());
+    rec.rx_bytes = replay.as_ref().map(|r| r.received_counter());
     let mut plain_failed = None;
     let plain_body = plain_body.map(|b| {
         if b.is_end_stream() {
@@ -430,7 +433,7 @@ async fn forward(
             // ---- mirror (after the primary answered, so it never slows the caller) ----------
             for m in &fw.mirrors {
                 if roll(m.fraction_per_million) {
-                    if let Some(c) = ctx.snap.clusters.get(&m.cluster).cloned() {
+                    if let Some(c) = ctx.shared.snapshot.load().clusters.get(&m.cluster).cloned() {
                         spawn_mirror(c, &parts, replay.as_ref(), &new_path, &new_authority, use_h2);
                     }
                 }
@@ -584,7 +587,7 @@ async fn attempts(
         };
         tried.push(host.addr);
         let body = match replay {
-            Some(r) => r.replay().map(body::boxed),
+            Some(r) => r.next_attempt().map(body::boxed),
             None => plain_body.take(),
         };
         let Some(body) = body else {
@@ -751,9 +754,11 @@ async fn try_once(
         cluster.stats.rq_overflow.fetch_add(1, Relaxed);
         return Err(AttemptError::overflow());
     }
-    cluster.stats.rq_pending_active.fetch_add(1, Relaxed);
+    // A guard, so an attempt abandoned while it waits (per-try timeout, client gone) still
+    // gives its pending slot back.
+    let pending = crate::cluster::PendingGuard::new(&cluster.stats);
     let conn = cluster.connection(host, use_h2).await;
-    cluster.stats.rq_pending_active.fetch_sub(1, Relaxed);
+    drop(pending);
     let conn = match conn {
         Ok(c) => c,
         Err(ConnectError::Overflow) => return Err(AttemptError::overflow()),
@@ -869,11 +874,10 @@ fn spawn_mirror(
     use_h2: bool,
 ) {
     let body = match replay {
-        Some(r) if r.is_complete() => match r.replay() {
+        Some(r) => match r.complete_copy() {
             Some(b) => body::boxed(b),
             None => return,
         },
-        Some(_) => return,
         None => body::empty(),
     };
     let mut parts2 = http::Request::new(()).into_parts().0;
@@ -887,7 +891,11 @@ fn spawn_mirror(
         let fut = try_once(&cluster, &host, &parts2, headers, body, use_h2, &path, &shadow, 1);
         if let Ok(Ok(up)) = tokio::time::timeout(Duration::from_secs(30), fut).await {
             let (_, b) = up.response.into_parts();
-            let _ = http_body_util::BodyExt::collect(b).await;
+            let read = tokio::time::timeout(Duration::from_secs(30), http_body_util::BodyExt::collect(b)).await;
+            // A mirror's connection goes back to the pool like any other once its answer is read.
+            if let (Ok(Ok(_)), Some((tx, uses))) = (read, up.release) {
+                cluster.release(&up.host, tx, uses);
+            }
         }
     });
 }
@@ -907,6 +915,7 @@ fn websocket_upgrade(h: &HeaderMap) -> bool {
     conn_upgrade && ws
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn websocket(
     ctx: &Arc<ConnCtx>,
     mut req: Request<ProxyBody>,
@@ -915,6 +924,7 @@ async fn websocket(
     hash: Option<u64>,
     path: &str,
     authority: &str,
+    route_timeout: Option<Duration>,
 ) -> Response<ProxyBody> {
     let Some(host) = (if cluster.is_original_dst() {
         Some(cluster.original_dst_host(ctx.destination))
@@ -970,9 +980,23 @@ async fn websocket(
     if let Ok(v) = HeaderValue::from_str(authority) {
         h.insert(header::HOST, v);
     }
-    let mut resp = match tx.send_request(up).await {
-        Ok(r) => r,
+    // The upgrade answer is bounded by the route timeout like any response head.
+    let limit = route_timeout.unwrap_or(Duration::from_secs(15));
+    let mut resp = match tokio::time::timeout(limit, tx.send_request(up)).await {
+        Ok(Ok(r)) => r,
         Err(_) => {
+            cluster.report(&host, Outcome::Timeout);
+            return local_reply(
+                ctx,
+                rec,
+                StatusCode::GATEWAY_TIMEOUT,
+                Flags::UPSTREAM_REQUEST_TIMEOUT,
+                "upstream request timeout",
+                false,
+                false,
+            );
+        }
+        Ok(Err(_)) => {
             cluster.report(&host, Outcome::Reset);
             return local_reply(
                 ctx,

@@ -208,7 +208,12 @@ async fn handle_connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStrea
     };
     match chain {
         ChainRt::Tcp(t) => crate::tcp::proxy(shared, snap, t, stream, destination, l.reporter).await,
-        ChainRt::Http(h) => serve_http(shared, snap, &l, h, stream, peer, destination).await,
+        ChainRt::Http(h) => {
+            // HTTP requests look up routes and clusters in the current snapshot, so the
+            // connection must not pin this one.
+            drop(snap);
+            serve_http(shared, &l, h, stream, peer, destination).await
+        }
     }
 }
 
@@ -216,6 +221,7 @@ async fn handle_connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStrea
 async fn inspect_tls(stream: &TcpStream, timeout: Duration) -> (Option<String>, Vec<String>, Transport) {
     let deadline = Instant::now() + timeout;
     let mut buf = vec![0u8; 4096];
+    let mut backoff = Duration::from_millis(1);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let n = match tokio::time::timeout(left, stream.peek(&mut buf)).await {
@@ -231,8 +237,10 @@ async fn inspect_tls(stream: &TcpStream, timeout: Duration) -> (Option<String>, 
                     }
                     buf.resize((buf.len() * 2).min(weft_sniff::MAX_PEEK), 0);
                 } else {
-                    // Wait for more bytes to arrive before peeking again.
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    // Wait for more bytes before peeking again, backing off so a client that
+                    // sends one byte and stalls costs a few dozen wake-ups, not thousands.
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(100));
                 }
             }
             Err(weft_sniff::SniffError::NotTls) => return (None, vec![], Transport::RawBuffer),
@@ -243,7 +251,6 @@ async fn inspect_tls(stream: &TcpStream, timeout: Duration) -> (Option<String>, 
 
 async fn serve_http(
     shared: Arc<Shared>,
-    snap: Arc<crate::snapshot::Snapshot>,
     l: &ListenerRt,
     h: Arc<HttpRt>,
     stream: TcpStream,
@@ -259,7 +266,7 @@ async fn serve_http(
             (g, Some(v))
         }
     };
-    let ctx = Arc::new(ConnCtx { shared: shared.clone(), snap, http: h, peer, destination, h1_verdicts });
+    let ctx = Arc::new(ConnCtx { shared: shared.clone(), http: h, peer, destination, h1_verdicts });
     let svc = service_fn(move |req| serve(ctx.clone(), req));
     let mut drain = shared.drain_rx.clone();
     let io = TokioIo::new(stream);

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Method, Response};
 use http_body::{Body, Frame, SizeHint};
 
-use crate::body::{BoxError, ProxyBody, ReplayBody};
+use crate::body::{BoxError, ProxyBody};
 use crate::cluster::{ClusterRt, Host};
 use crate::flags::Flags;
 use crate::http::ActiveGuard;
@@ -37,8 +37,7 @@ pub struct Record {
     pub attempts: u32,
     pub close_connection: bool,
     pub bytes_sent: u64,
-    /// Reads the request body's byte count at the end (replayed or counted bodies).
-    pub replay: Option<ReplayBody>,
+    /// The request body's byte count, read at the end.
     pub rx_bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// Set by the response's stream idle timer when it fired (flag SI).
     pub idle_fired: Option<Arc<std::sync::atomic::AtomicBool>>,
@@ -85,7 +84,6 @@ impl Record {
             attempts: 0,
             close_connection: false,
             bytes_sent: 0,
-            replay: None,
             rx_bytes: None,
             idle_fired: None,
             active: None,
@@ -98,11 +96,7 @@ impl Record {
     }
 
     pub fn bytes_received(&self) -> u64 {
-        match (&self.replay, &self.rx_bytes) {
-            (Some(r), _) => r.bytes_received(),
-            (None, Some(c)) => c.load(Relaxed),
-            (None, None) => 0,
-        }
+        self.rx_bytes.as_ref().map(|c| c.load(Relaxed)).unwrap_or(0)
     }
 }
 

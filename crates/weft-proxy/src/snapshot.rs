@@ -1,5 +1,7 @@
 //! The immutable run-time view of one config version: compiled listeners, route tables and
-//! clusters. Built off the hot path, swapped atomically; connections keep the one they started with.
+//! clusters. Built off the hot path, swapped atomically. A connection keeps the listener and
+//! connection-manager settings it was accepted with, but each request looks up named route tables
+//! (RDS) and clusters in the current snapshot, so open connections follow route and cluster changes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +15,8 @@ pub struct Snapshot {
     pub config: Arc<ProxyConfig>,
     pub listeners: HashMap<String, Arc<ListenerRt>>,
     pub clusters: HashMap<String, Arc<ClusterRt>>,
+    /// Named route tables (RDS), looked up per request.
+    pub routes: HashMap<String, Arc<RouteTable>>,
 }
 
 pub struct ListenerRt {
@@ -30,17 +34,28 @@ pub enum ChainRt {
     Tcp(Arc<TcpProxy>),
 }
 
+/// Where a connection manager finds its routes.
+pub enum Routes {
+    Inline(Arc<RouteTable>),
+    /// A named table in the current snapshot; when it does not exist every request gets 404 NR.
+    Named(String),
+}
+
 pub struct HttpRt {
     pub hcm: Arc<HttpConnectionManager>,
-    /// None when the named route table does not exist (every request gets 404 NR).
-    pub routes: Option<Arc<RouteTable>>,
+    pub routes: Routes,
     pub reporter: &'static str,
     pub listener: Arc<str>,
 }
 
 impl Snapshot {
     pub fn empty() -> Snapshot {
-        Snapshot { config: Arc::new(ProxyConfig::default()), listeners: HashMap::new(), clusters: HashMap::new() }
+        Snapshot {
+            config: Arc::new(ProxyConfig::default()),
+            listeners: HashMap::new(),
+            clusters: HashMap::new(),
+            routes: HashMap::new(),
+        }
     }
 
     /// Compiles `config`, reusing the clusters of `previous` whose config did not change (so their
@@ -60,7 +75,7 @@ impl Snapshot {
             rt.start_background();
             clusters.insert(name.clone(), rt);
         }
-        let mut tables: HashMap<String, Arc<RouteTable>> = HashMap::new();
+        let mut tables: HashMap<String, Arc<RouteTable>> = HashMap::with_capacity(config.route_configs.len());
         for (name, rc) in &config.route_configs {
             tables.insert(name.clone(), Arc::new(RouteTable::new(rc.clone())));
         }
@@ -77,8 +92,8 @@ impl Snapshot {
                     ChainAction::Tcp(t) => ChainRt::Tcp(Arc::new(t.clone())),
                     ChainAction::Http(h) => {
                         let routes = match &h.routes {
-                            RouteSource::Inline(rc) => Some(Arc::new(RouteTable::new(rc.clone()))),
-                            RouteSource::Named(n) => tables.get(n).cloned(),
+                            RouteSource::Inline(rc) => Routes::Inline(Arc::new(RouteTable::new(rc.clone()))),
+                            RouteSource::Named(n) => Routes::Named(n.clone()),
                         };
                         ChainRt::Http(Arc::new(HttpRt { hcm: h.clone(), routes, reporter, listener: name.clone() }))
                     }
@@ -91,6 +106,6 @@ impl Snapshot {
                 Arc::new(ListenerRt { cfg: l.clone(), name: name.clone(), reporter, chains, default_chain }),
             );
         }
-        Snapshot { config, listeners, clusters }
+        Snapshot { config, listeners, clusters, routes: tables }
     }
 }

@@ -143,6 +143,47 @@ async fn sighup_with_a_changed_config_switches_routing_on_the_same_port() {
     assert_eq!(weft.reread_ready().unwrap().listeners["main"], before, "the listener kept its port");
 }
 
+/// Listener `main` using the named route table `main`, which routes everything to `target`.
+fn named_routes_config(alpha: &HttpBackend, beta: &HttpBackend, target: &str) -> String {
+    format!(
+        r#"
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - {{ name: main, address: "127.0.0.1:0", http: {{ route_config: main }} }}
+route_configs:
+  - name: main
+    virtual_hosts:
+      - {{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: / }}, route: {{ cluster: {target} }} }}] }}
+clusters:
+  - {{ name: alpha, endpoints: [{a}] }}
+  - {{ name: beta, endpoints: [{b}] }}
+"#,
+        a = q(alpha.addr()),
+        b = q(beta.addr()),
+    )
+}
+
+#[tokio::test]
+async fn an_open_connection_follows_a_route_table_change() {
+    let alpha = HttpBackend::start("alpha").await;
+    let beta = HttpBackend::start("beta").await;
+    let weft = start_weft(&named_routes_config(&alpha, &beta, "alpha")).await;
+    let mut conn = HttpConn::connect(weft.listener("main"), HttpVersion::Http1).await.unwrap();
+    let resp = conn.request(Method::GET, "/", &[], "").await.unwrap();
+    assert_eq!(backend_of(&resp), "alpha");
+
+    std::fs::write(config_path(&weft), named_routes_config(&alpha, &beta, "beta")).unwrap();
+    weft.signal(SIGHUP);
+    assert!(
+        wait_for(Duration::from_secs(10), || async { stat_now(&weft, "server.config_reloads").await == 1 }).await,
+        "{}",
+        weft.output_report()
+    );
+    // The same keep-alive connection, accepted under the old config, now routes to beta.
+    let resp = conn.request(Method::GET, "/", &[], "").await.unwrap();
+    assert_eq!(backend_of(&resp), "beta", "{:?}", resp.headers);
+}
+
 #[tokio::test]
 async fn sighup_can_add_a_listener_and_the_ready_file_names_it() {
     let s = setup().await;
