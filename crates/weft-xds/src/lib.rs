@@ -1,0 +1,372 @@
+//! The xDS vocabulary shared by Weft's control plane and its proxies: the type URLs it serves,
+//! the identity a proxy presents in its `Node` (Istio's conventions, so Envoy bootstraps written
+//! for istiod work unchanged), and [`ResourceSet`], the versioned per-proxy resources that the
+//! translator produces and the ADS server sends.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::{value::Kind, Any, Struct, Value};
+use prost::{Message, Name};
+
+pub use envoy_types;
+
+/// Type URLs of the resources Weft serves.
+pub mod type_url {
+    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+    /// The order in which a proxy must apply updates so that nothing refers to what it does not
+    /// have yet (clusters before the routes that name them, endpoints before the clusters warm).
+    pub const PUSH_ORDER: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
+
+    /// Short names used by the CLI and logs.
+    pub fn short(url: &str) -> &str {
+        match url {
+            LISTENER => "LDS",
+            ROUTE => "RDS",
+            CLUSTER => "CDS",
+            ENDPOINT => "EDS",
+            other => other.rsplit('.').next().unwrap_or(other),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum XdsError {
+    #[error("node: id is empty")]
+    EmptyNodeId,
+    #[error("node {id:?}: {message}")]
+    BadNode { id: String, message: String },
+}
+
+/// What kind of proxy a node is (first field of an Istio node id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyType {
+    Sidecar,
+    Router,
+}
+
+/// Which config shape the node wants (Istio's `GENERATOR` metadata).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Generator {
+    /// Envoy or weft proxy: listeners with filter chains.
+    Envoy,
+    /// Proxyless gRPC: API listeners named `host:port`, state-of-the-world only.
+    Grpc,
+}
+
+/// A proxy's identity, read from the `Node` it sends on its first request.
+///
+/// The id follows Istio: `TYPE~IP~NAME.NAMESPACE~NAMESPACE.svc.cluster.local`. Metadata keys:
+/// `NAMESPACE`, `LABELS` (a struct of strings), `INSTANCE_IPS` (comma-separated), `GENERATOR`
+/// (`grpc` for proxyless clients), and `TENANT`. Metadata wins over what the id says; an id that
+/// is not in Istio's form is accepted as a plain name in namespace `default`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NodeInfo {
+    pub id: String,
+    pub proxy_type: ProxyType,
+    pub name: String,
+    pub namespace: String,
+    pub dns_domain: String,
+    pub ips: Vec<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+    pub generator: Generator,
+    /// Tenant the proxy belongs to; it only ever sees resources of this tenant.
+    pub tenant: String,
+}
+
+pub const DEFAULT_TENANT: &str = "default";
+
+impl NodeInfo {
+    pub fn from_node(node: &Node) -> Result<NodeInfo, XdsError> {
+        let id = node.id.trim().to_string();
+        if id.is_empty() {
+            return Err(XdsError::EmptyNodeId);
+        }
+        let meta = node.metadata.as_ref();
+        let mut info = parse_id(&id)?;
+        if let Some(ns) = meta_str(meta, "NAMESPACE") {
+            info.namespace = ns;
+        }
+        if let Some(Kind::StructValue(s)) = meta_field(meta, "LABELS") {
+            for (k, v) in &s.fields {
+                if let Some(Kind::StringValue(v)) = &v.kind {
+                    info.labels.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        if let Some(ips) = meta_str(meta, "INSTANCE_IPS") {
+            let mut parsed = Vec::new();
+            for ip in ips.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let ip: IpAddr = ip.parse().map_err(|_| XdsError::BadNode {
+                    id: id.clone(),
+                    message: format!("metadata INSTANCE_IPS: {ip:?} is not an IP address"),
+                })?;
+                if !parsed.contains(&ip) {
+                    parsed.push(ip);
+                }
+            }
+            // The id's address first, then the rest, without repeats.
+            for ip in parsed {
+                if !info.ips.contains(&ip) {
+                    info.ips.push(ip);
+                }
+            }
+        }
+        match meta_str(meta, "GENERATOR").as_deref() {
+            None | Some("") => {}
+            Some("grpc") => info.generator = Generator::Grpc,
+            Some(_) => info.generator = Generator::Envoy,
+        }
+        if let Some(t) = meta_str(meta, "TENANT").filter(|t| !t.is_empty()) {
+            info.tenant = t;
+        }
+        Ok(info)
+    }
+}
+
+fn parse_id(id: &str) -> Result<NodeInfo, XdsError> {
+    let mut info = NodeInfo {
+        id: id.to_string(),
+        proxy_type: ProxyType::Sidecar,
+        name: id.to_string(),
+        namespace: "default".to_string(),
+        dns_domain: "default.svc.cluster.local".to_string(),
+        ips: Vec::new(),
+        labels: BTreeMap::new(),
+        generator: Generator::Envoy,
+        tenant: DEFAULT_TENANT.to_string(),
+    };
+    let parts: Vec<&str> = id.split('~').collect();
+    if parts.len() != 4 {
+        return Ok(info);
+    }
+    info.proxy_type = match parts[0] {
+        "sidecar" => ProxyType::Sidecar,
+        "router" => ProxyType::Router,
+        other => {
+            return Err(XdsError::BadNode {
+                id: id.to_string(),
+                message: format!("unknown proxy type {other:?} (want sidecar or router)"),
+            })
+        }
+    };
+    if !parts[1].is_empty() {
+        let ip: IpAddr = parts[1].parse().map_err(|_| XdsError::BadNode {
+            id: id.to_string(),
+            message: format!("{:?} is not an IP address", parts[1]),
+        })?;
+        info.ips.push(ip);
+    }
+    match parts[2].split_once('.') {
+        Some((name, ns)) if !name.is_empty() && !ns.is_empty() => {
+            info.name = name.to_string();
+            info.namespace = ns.to_string();
+        }
+        _ => info.name = parts[2].to_string(),
+    }
+    if !parts[3].is_empty() {
+        info.dns_domain = parts[3].to_string();
+    }
+    Ok(info)
+}
+
+fn meta_field<'a>(meta: Option<&'a Struct>, key: &str) -> Option<&'a Kind> {
+    meta?.fields.get(key)?.kind.as_ref()
+}
+
+fn meta_str(meta: Option<&Struct>, key: &str) -> Option<String> {
+    match meta_field(meta, key)? {
+        Kind::StringValue(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Builds node metadata in Istio's shape (used by weft proxy and by tests).
+pub fn node_metadata(
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    ips: &[IpAddr],
+    generator: Option<&str>,
+) -> Struct {
+    let s = |v: &str| Value { kind: Some(Kind::StringValue(v.to_string())) };
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert("NAMESPACE".to_string(), s(namespace));
+    let labels = Struct { fields: labels.iter().map(|(k, v)| (k.clone(), s(v))).collect() };
+    fields.insert("LABELS".to_string(), Value { kind: Some(Kind::StructValue(labels)) });
+    if !ips.is_empty() {
+        let joined: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
+        fields.insert("INSTANCE_IPS".to_string(), s(&joined.join(",")));
+    }
+    if let Some(g) = generator {
+        fields.insert("GENERATOR".to_string(), s(g));
+    }
+    Struct { fields: fields.into_iter().collect() }
+}
+
+/// One named resource, encoded once, with a version derived from its bytes: two resources with
+/// the same version are the same resource, so pushes can be skipped by comparing versions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    pub name: String,
+    pub version: String,
+    pub body: Any,
+}
+
+impl Resource {
+    pub fn new<M: Message + Name>(name: impl Into<String>, msg: &M) -> Resource {
+        let value = msg.encode_to_vec();
+        let version = format!("{:016x}", fnv1a(&value));
+        Resource { name: name.into(), version, body: Any { type_url: M::type_url(), value } }
+    }
+
+    pub fn type_url(&self) -> &str {
+        &self.body.type_url
+    }
+}
+
+/// FNV-1a 64: a stable content hash (no randomness, same on every run and machine).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// All resources one proxy should have, by type URL and name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResourceSet {
+    pub by_type: BTreeMap<String, BTreeMap<String, Arc<Resource>>>,
+}
+
+impl ResourceSet {
+    pub fn insert(&mut self, r: Resource) {
+        self.by_type.entry(r.body.type_url.clone()).or_default().insert(r.name.clone(), Arc::new(r));
+    }
+
+    pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<Resource>>> {
+        self.by_type.get(type_url)
+    }
+
+    pub fn get(&self, type_url: &str, name: &str) -> Option<&Arc<Resource>> {
+        self.by_type.get(type_url)?.get(name)
+    }
+
+    /// A version for the whole set of one type: changes whenever any resource of it changes.
+    pub fn type_version(&self, type_url: &str) -> String {
+        let mut h: u64 = 0xcbf29ce484222325;
+        if let Some(m) = self.by_type.get(type_url) {
+            for (name, r) in m {
+                for b in name.as_bytes().iter().chain(r.version.as_bytes()).chain(b"\0") {
+                    h ^= *b as u64;
+                    h = h.wrapping_mul(0x100000001b3);
+                }
+            }
+        }
+        format!("{h:016x}")
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_type.values().map(|m| m.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Total encoded bytes (for the control-plane bench and `weft check`).
+    pub fn encoded_bytes(&self) -> usize {
+        self.by_type.values().flat_map(|m| m.values()).map(|r| r.body.value.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+
+    fn node(id: &str, meta: Option<Struct>) -> Node {
+        Node { id: id.to_string(), metadata: meta, ..Default::default() }
+    }
+
+    #[test]
+    fn istio_node_ids_parse() {
+        let cases: &[(&str, ProxyType, &str, &str, &str, Option<&str>)] = &[
+            (
+                "sidecar~10.0.0.7~reviews-v1-abc.bookinfo~bookinfo.svc.cluster.local",
+                ProxyType::Sidecar,
+                "reviews-v1-abc",
+                "bookinfo",
+                "bookinfo.svc.cluster.local",
+                Some("10.0.0.7"),
+            ),
+            (
+                "router~~gw.istio-system~istio-system.svc.cluster.local",
+                ProxyType::Router,
+                "gw",
+                "istio-system",
+                "istio-system.svc.cluster.local",
+                None,
+            ),
+            ("plain-name", ProxyType::Sidecar, "plain-name", "default", "default.svc.cluster.local", None),
+        ];
+        for (id, ty, name, ns, domain, ip) in cases {
+            let n = NodeInfo::from_node(&node(id, None)).unwrap();
+            assert_eq!(
+                (n.proxy_type, n.name.as_str(), n.namespace.as_str(), n.dns_domain.as_str()),
+                (*ty, *name, *ns, *domain),
+                "{id}"
+            );
+            assert_eq!(n.ips.first().map(|i| i.to_string()), ip.map(str::to_string), "{id}");
+            assert_eq!(n.generator, Generator::Envoy);
+        }
+    }
+
+    #[test]
+    fn bad_node_ids_are_errors() {
+        assert_eq!(NodeInfo::from_node(&node("  ", None)), Err(XdsError::EmptyNodeId));
+        let e = NodeInfo::from_node(&node("gateway~1.2.3.4~a.b~b.svc.cluster.local", None)).unwrap_err();
+        assert!(e.to_string().contains("unknown proxy type"), "{e}");
+        let e = NodeInfo::from_node(&node("sidecar~not-an-ip~a.b~b.svc.cluster.local", None)).unwrap_err();
+        assert!(e.to_string().contains("not an IP address"), "{e}");
+    }
+
+    #[test]
+    fn metadata_overrides_and_extends_the_id() {
+        let labels: BTreeMap<String, String> =
+            [("app".to_string(), "reviews".to_string()), ("version".to_string(), "v2".to_string())].into();
+        let ips: Vec<IpAddr> = vec!["10.0.0.7".parse().unwrap(), "10.0.0.8".parse().unwrap()];
+        let meta = node_metadata("shop", &labels, &ips, Some("grpc"));
+        let n = NodeInfo::from_node(&node("sidecar~10.0.0.7~r.default~default.svc.cluster.local", Some(meta))).unwrap();
+        assert_eq!(n.namespace, "shop");
+        assert_eq!(n.labels, labels);
+        assert_eq!(n.ips, ips, "no repeats, id address first");
+        assert_eq!(n.generator, Generator::Grpc);
+        assert_eq!(n.tenant, DEFAULT_TENANT);
+    }
+
+    #[test]
+    fn resource_versions_follow_content() {
+        let a = Resource::new("c", &Cluster { name: "c".into(), ..Default::default() });
+        let b = Resource::new("c", &Cluster { name: "c".into(), ..Default::default() });
+        let c = Resource::new("c", &Cluster { name: "c".into(), alt_stat_name: "x".into(), ..Default::default() });
+        assert_eq!(a.version, b.version);
+        assert_ne!(a.version, c.version);
+        assert_eq!(a.type_url(), type_url::CLUSTER);
+        let mut set = ResourceSet::default();
+        set.insert(a);
+        let v1 = set.type_version(type_url::CLUSTER);
+        set.insert(c);
+        assert_ne!(v1, set.type_version(type_url::CLUSTER));
+        assert_eq!(set.len(), 1);
+    }
+}
