@@ -69,6 +69,8 @@ pub struct Host {
     pub rq_error: AtomicU64,
     pub cx_connect_fail: AtomicU64,
     pools: Box<[Mutex<Pool>]>,
+    /// Serialises HTTP/2 connection set-up per worker (see `connection`).
+    h2_connecting: Box<[tokio::sync::Mutex<()>]>,
 }
 
 impl Host {
@@ -96,6 +98,7 @@ impl Host {
             rq_error: AtomicU64::new(0),
             cx_connect_fail: AtomicU64::new(0),
             pools: (0..worker::pool_slots()).map(|_| Mutex::new(Pool::default())).collect(),
+            h2_connecting: (0..worker::pool_slots()).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
@@ -338,6 +341,19 @@ impl ClusterRt {
     /// Takes an idle pooled connection or opens a new one. `h2` selects the upstream protocol.
     pub async fn connection(self: &Arc<Self>, host: &Arc<Host>, h2: bool) -> Result<Conn, ConnectError> {
         if h2 {
+            let existing = host.pool().lock().unwrap_or_else(|e| e.into_inner()).h2.clone();
+            if let Some(tx) = existing {
+                if !tx.is_closed() {
+                    return Ok(Conn::H2(tx));
+                }
+            }
+            // One connect at a time per host and worker: requests that arrive while it is under
+            // way wait for it and share the connection instead of each opening their own.
+            let slot = &host.h2_connecting[worker::current() % host.h2_connecting.len()];
+            let _connecting = match tokio::time::timeout(self.cfg.connect_timeout, slot.lock()).await {
+                Ok(g) => g,
+                Err(_) => return Err(ConnectError::Timeout(host.addr)),
+            };
             let existing = host.pool().lock().unwrap_or_else(|e| e.into_inner()).h2.clone();
             if let Some(tx) = existing {
                 if !tx.is_closed() {

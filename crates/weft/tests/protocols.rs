@@ -325,6 +325,25 @@ async fn a_grpc_unary_and_streaming_call_pass_through_with_trailers() {
 }
 
 #[tokio::test]
+async fn concurrent_first_calls_share_one_upstream_h2_connection_per_worker() {
+    let s = setup().await;
+    // 32 calls on one client connection, all in flight before any upstream connection exists.
+    let client = GrpcClient::connect(s.weft.listener("main")).await.unwrap();
+    let calls: Vec<_> = (0..32)
+        .map(|i| {
+            let mut c = client.clone();
+            tokio::spawn(async move { c.say(&format!("m{i}"), &[("x-delay-ms", "50")]).await.map(|_| ()) })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    assert_eq!(s.grpc.hits(), 32);
+    // One downstream connection is served by one worker: one upstream connection, not 32.
+    assert_eq!(s.grpc.connections(), 1, "concurrent requests waited for the connection being set up");
+}
+
+#[tokio::test]
 async fn a_grpc_status_from_the_backend_reaches_the_client() {
     let s = setup().await;
     let mut client = GrpcClient::connect(s.weft.listener("main")).await.unwrap();
