@@ -399,9 +399,14 @@ impl ClusterRt {
                 return;
             }
         }
+        let now = Instant::now();
         let mut p = host.pool().lock().unwrap_or_else(|e| e.into_inner());
+        // Connections are pushed in time order, so the expired ones are at the front: close them
+        // now rather than holding their sockets until a request happens to reach them.
+        let expired = p.idle_h1.iter().take_while(|c| now.duration_since(c.since) > self.cfg.pool.idle_timeout).count();
+        p.idle_h1.drain(..expired);
         if p.idle_h1.len() < self.cfg.pool.max_idle_per_endpoint {
-            p.idle_h1.push(IdleConn { tx, since: Instant::now(), uses });
+            p.idle_h1.push(IdleConn { tx, since: now, uses });
         }
     }
 
