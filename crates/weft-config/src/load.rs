@@ -968,18 +968,20 @@ impl Validator<'_> {
         let discovery = match c.kind.as_deref() {
             None | Some("static") => Discovery::Static,
             Some("strict_dns") | Some("dns") => Discovery::StrictDns { refresh: dns_refresh },
+            Some("logical_dns") => Discovery::LogicalDns { refresh: dns_refresh },
             Some("eds") => Discovery::Eds,
             Some("original_dst") => Discovery::OriginalDst,
             Some(o) => {
-                return Err(
-                    self.err("type", format!("unknown value {o:?} (expected static, strict_dns, eds or original_dst)"))
-                )
+                return Err(self.err(
+                    "type",
+                    format!("unknown value {o:?} (expected static, strict_dns, logical_dns, eds or original_dst)"),
+                ))
             }
         };
         if dns_refresh.is_zero() {
             return Err(self.err("dns_refresh_rate", "must be greater than 0"));
         }
-        let dns = matches!(discovery, Discovery::StrictDns { .. });
+        let dns = matches!(discovery, Discovery::StrictDns { .. } | Discovery::LogicalDns { .. });
         // Flat `endpoints` are grouped by (priority, locality); `localities` are taken as written.
         let mut localities: Vec<LocalityEndpoints> = Vec::new();
         for (i, e) in c.endpoints.into_iter().enumerate() {
@@ -1011,10 +1013,15 @@ impl Validator<'_> {
             });
         }
         localities.sort_by_key(|l| l.priority);
-        if matches!(discovery, Discovery::Static | Discovery::StrictDns { .. })
+        if matches!(discovery, Discovery::Static | Discovery::StrictDns { .. } | Discovery::LogicalDns { .. })
             && localities.iter().all(|l| l.endpoints.is_empty())
         {
             return Err(self.err("endpoints", "a static or strict_dns cluster needs at least one endpoint"));
+        }
+        if matches!(discovery, Discovery::LogicalDns { .. })
+            && localities.iter().map(|l| l.endpoints.len()).sum::<usize>() != 1
+        {
+            return Err(self.err("endpoints", "a logical_dns cluster takes exactly one endpoint"));
         }
         let lb_policy = match c.lb_policy.as_deref() {
             None | Some("round_robin") => LbPolicy::RoundRobin,

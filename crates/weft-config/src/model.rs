@@ -640,6 +640,11 @@ pub enum Discovery {
     StrictDns {
         refresh: Duration,
     },
+    /// Like `StrictDns`, but only the first address a name resolves to is used (Envoy's
+    /// LOGICAL_DNS: one connection target, DNS does the balancing).
+    LogicalDns {
+        refresh: Duration,
+    },
     /// Endpoints arrive separately (EDS); `localities` holds the latest assignment.
     Eds,
     /// The original destination of the connection is the endpoint (PassthroughCluster).

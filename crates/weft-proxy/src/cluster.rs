@@ -213,6 +213,8 @@ fn static_hosts(
     resolved: &HashMap<(String, u16), Vec<SocketAddr>>,
 ) -> Vec<(SocketAddr, u32, u32, u32, Labels, EndpointHealth)> {
     let mut out = Vec::new();
+    // LOGICAL_DNS connects to the first address only and leaves balancing to DNS.
+    let per_name = if matches!(c.discovery, Discovery::LogicalDns { .. }) { 1 } else { usize::MAX };
     for (li, l) in c.localities.iter().enumerate() {
         for e in &l.endpoints {
             match &e.address {
@@ -220,7 +222,7 @@ fn static_hosts(
                     out.push((*a, e.weight, l.priority, li as u32, e.metadata.clone(), e.health))
                 }
                 EndpointAddress::Dns { host, port } => {
-                    for a in resolved.get(&(host.clone(), *port)).into_iter().flatten() {
+                    for a in resolved.get(&(host.clone(), *port)).into_iter().flatten().take(per_name) {
                         out.push((*a, e.weight, l.priority, li as u32, e.metadata.clone(), e.health));
                     }
                 }
@@ -591,7 +593,7 @@ impl ClusterRt {
             let t = worker::spawn_control(health_loop(weak, i));
             self.track(t);
         }
-        if let Discovery::StrictDns { refresh } = self.cfg.discovery {
+        if let Discovery::StrictDns { refresh } | Discovery::LogicalDns { refresh } = self.cfg.discovery {
             let weak = Arc::downgrade(self);
             let t = worker::spawn_control(dns_loop(weak, refresh));
             self.track(t);
@@ -633,9 +635,17 @@ pub async fn resolve_cluster(c: &Cluster) -> HashMap<(String, u16), Vec<SocketAd
                 let lookup = tokio::net::lookup_host((host.as_str(), *port));
                 match tokio::time::timeout(Duration::from_secs(5), lookup).await {
                     Ok(Ok(addrs)) => {
-                        let mut v: Vec<SocketAddr> = addrs.collect();
-                        v.sort();
-                        v.dedup();
+                        let mut v: Vec<SocketAddr> = Vec::new();
+                        for a in addrs {
+                            if !v.contains(&a) {
+                                v.push(a);
+                            }
+                        }
+                        // LOGICAL_DNS uses the resolver's first answer; otherwise the order is irrelevant
+                        // and sorting keeps refreshes from looking like changes.
+                        if !matches!(c.discovery, Discovery::LogicalDns { .. }) {
+                            v.sort();
+                        }
                         out.insert(key, v);
                     }
                     Ok(Err(e)) => tracing::warn!(cluster = %c.name, host = %host, error = %e, "DNS resolution failed"),
