@@ -244,3 +244,14 @@ async fn sim_clients_measure_push_latency_and_generation_is_not_per_request() {
     assert_eq!(calls.load(Ordering::Relaxed), 40, "one generation per proxy per publish");
     eventually("all ACKs counted", || server.ads.metrics().acks == 20 * 5).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_a_first_request_is_closed() {
+    let opts = AdsOptions { first_request_timeout: Duration::from_millis(200), ..Default::default() };
+    let server = TestServer::start(Mesh::default().source(), opts).await;
+    let mut c = SotwClient::connect(&server.endpoint, vec![]).await;
+    let e = c.recv_err().await;
+    assert_eq!(e.code(), Code::DeadlineExceeded);
+    assert!(e.message().contains("no first request"), "{}", e.message());
+    assert_eq!(server.ads.metrics().streams_rejected, 1);
+}
