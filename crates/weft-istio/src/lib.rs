@@ -8,14 +8,19 @@
 //! [`Resource::not_applied`]; fields that are not part of Istio's API are errors.
 #![forbid(unsafe_code)]
 
+mod conflict;
+mod kinds;
 mod meta;
+mod parse;
 pub mod registry;
 pub mod spec;
 mod walk;
 
 use std::fmt;
 
+pub use conflict::{qualify_host, resolve_virtual_services, Conflict, HostKey, Resolved};
 pub use meta::{Key, Kind, ObjectMeta, Resource, Spec, TENANT_LABEL};
+pub use parse::{from_json, parse_yaml};
 pub use spec::*;
 pub use walk::parse_duration;
 
@@ -81,3 +86,6 @@ impl IntoIterator for Errors {
         self.0.into_iter()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -174,6 +174,8 @@ impl ObjectMeta {
 }
 
 /// A typed spec. Kinds Weft does not apply yet keep their spec as JSON (`Opaque`).
+// Resources are few and long-lived; boxing the larger specs would only add indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Spec {
     ServiceEntry(ServiceEntry),
