@@ -66,15 +66,17 @@ impl Kind {
     }
 
     /// For the CLI: the kind name in any case, its plural, or its short name
-    /// (`VirtualService`, `virtualservices`, `vs`).
+    /// (`VirtualService`, `virtualservices`, `serviceentries`, `vs`).
     pub fn parse(s: &str) -> Option<Kind> {
         let lower = s.trim().to_ascii_lowercase();
         Kind::ALL.into_iter().find(|k| {
             let name = k.as_str().to_ascii_lowercase();
-            lower == name
-                || lower == k.short_name()
-                || lower.strip_suffix('s') == Some(name.as_str())
-                || lower.strip_suffix("es") == Some(name.as_str())
+            // kubectl's plurals: `virtualservices`, `serviceentries`, `authorizationpolicies`.
+            let plural = match name.strip_suffix('y') {
+                Some(stem) => format!("{stem}ies"),
+                None => format!("{name}s"),
+            };
+            lower == name || lower == k.short_name() || lower == plural
         })
     }
 

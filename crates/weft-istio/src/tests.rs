@@ -646,11 +646,13 @@ fn kind_names_for_the_cli() {
         ("vs", Some(Kind::VirtualService)),
         ("dr", Some(Kind::DestinationRule)),
         ("se", Some(Kind::ServiceEntry)),
-        ("serviceentries", None),
-        ("ServiceEntries", None),
+        ("serviceentries", Some(Kind::ServiceEntry)),
+        ("ServiceEntries", Some(Kind::ServiceEntry)),
+        ("serviceentrys", None),
         ("sidecars", Some(Kind::Sidecar)),
         ("gw", Some(Kind::Gateway)),
-        ("authorizationpolicies", None),
+        ("authorizationpolicies", Some(Kind::AuthorizationPolicy)),
+        ("peerauthentications", Some(Kind::PeerAuthentication)),
         ("AuthorizationPolicy", Some(Kind::AuthorizationPolicy)),
         ("pa", Some(Kind::PeerAuthentication)),
         ("workloadentry", Some(Kind::WorkloadEntry)),
@@ -767,5 +769,93 @@ fn hostile_input_is_an_error_not_a_panic() {
     ];
     for input in inputs {
         let _ = parse_yaml("h.yaml", input);
+    }
+}
+
+mod registry_instances {
+    use std::time::Duration;
+
+    use crate::registry::Instance;
+    use crate::{Address, Locality, WorkloadSelector};
+
+    fn json(extra: serde_json::Value) -> serde_json::Value {
+        let mut base = serde_json::json!({"name": "inventory-vm-1", "address": "10.0.5.21", "ports": {"http": 9080}, "labels": {"app": "inventory"}});
+        if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        base
+    }
+
+    #[test]
+    fn instances_round_trip_through_json_with_defaults() {
+        let i =
+            Instance::from_json("api", json(serde_json::json!({"locality": "us-east1/b", "leaseTtl": "30s"}))).unwrap();
+        assert_eq!((i.namespace.as_str(), i.tenant.as_str(), i.healthy), ("default", "default", true));
+        assert_eq!(i.lease_ttl, Some(Duration::from_secs(30)));
+        assert_eq!(i.locality, Some(Locality { region: "us-east1".into(), zone: "b".into(), subzone: String::new() }));
+        assert_eq!(i.id(), "default/default/inventory-vm-1");
+        let stored = serde_json::to_value(&i).unwrap();
+        assert_eq!(stored["leaseTtl"], "30s");
+        assert_eq!(stored["locality"], "us-east1/b");
+        assert_eq!(Instance::from_json("store", stored).unwrap(), i);
+
+        let we = i.to_workload_entry();
+        assert_eq!(we.address, Some(Address::Ip("10.0.5.21".parse().unwrap())));
+        assert_eq!(we.ports["http"], 9080);
+    }
+
+    #[test]
+    fn instances_are_selected_by_labels_like_workload_entries() {
+        let i = Instance::from_json("api", json(serde_json::json!({}))).unwrap();
+        let sel = |pairs: &[(&str, &str)]| WorkloadSelector {
+            labels: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        assert!(i.selected_by(&sel(&[("app", "inventory")])));
+        assert!(!i.selected_by(&sel(&[("app", "inventory"), ("version", "v2")])));
+        assert!(!i.selected_by(&sel(&[])));
+    }
+
+    #[test]
+    fn invalid_instances_name_every_field() {
+        let cases: Vec<(serde_json::Value, Vec<&str>)> = vec![
+            (
+                json(serde_json::json!({"name": "Bad_Name", "address": "0.0.0.0", "ports": {"HTTP": 0}, "weight": 0})),
+                vec![
+                    "api: Instance default/Bad_Name: name: \"Bad_Name\" is not a valid DNS-1123 name (lower-case letters, digits, '-' and '.', at most 253)",
+                    "api: Instance default/Bad_Name: address: 0.0.0.0 is not a unicast address",
+                    "api: Instance default/Bad_Name: ports.HTTP: invalid port name \"HTTP\" (DNS-1123 label: lower-case letters, digits and '-')",
+                    "api: Instance default/Bad_Name: ports.HTTP: port 0 is not valid (1..65535)",
+                    "api: Instance default/Bad_Name: weight: 0 is out of range 1..128",
+                ],
+            ),
+            (
+                json(serde_json::json!({"leaseTtl": "1h30m", "tenant": "", "serviceHosts": ["*"]})),
+                vec![
+                    "api: Instance default/inventory-vm-1: tenant: must not be empty",
+                    "api: Instance default/inventory-vm-1: serviceHosts[0]: the wildcard host \"*\" is not allowed here",
+                ],
+            ),
+            (
+                json(serde_json::json!({"leaseTtl": "48h"})),
+                vec!["api: Instance default/inventory-vm-1: leaseTtl: must be between 1s and 24h"],
+            ),
+            (
+                json(serde_json::json!({"address": "not-an-ip"})),
+                vec!["api: Instance inventory-vm-1: invalid IP address syntax"],
+            ),
+            (
+                json(serde_json::json!({"colour": "blue"})),
+                vec!["api: Instance inventory-vm-1: unknown field `colour`, expected one of `name`, `namespace`, `tenant`, `serviceHosts`, `address`, `ports`, `labels`, `locality`, `weight`, `network`, `serviceAccount`, `healthy`, `leaseTtl`"],
+            ),
+        ];
+        for (input, want) in cases {
+            let got: Vec<String> = match Instance::from_json("api", input.clone()) {
+                Ok(_) => panic!("{input} should be rejected"),
+                Err(e) => e.iter().map(|e| e.to_string()).collect(),
+            };
+            assert_eq!(got, want, "{input}");
+        }
     }
 }
