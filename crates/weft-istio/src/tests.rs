@@ -231,6 +231,11 @@ fn invalid_documents_report_file_resource_field_and_reason() {
             vec!["shop.yaml: Sidecar default/default: spec.egress[0]: only the last egress listener may omit the port (the catch-all listener)"],
         ),
         (
+            "sidecar target port",
+            sidecar("  ingress:\n  - port: {number: 9080, name: http, targetPort: 8080}\n"),
+            vec!["shop.yaml: Sidecar default/default: spec.ingress[0].port.targetPort: has no effect on Sidecar ports (Istio rejects it too)"],
+        ),
+        (
             "workload entry needs address",
             "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: vm1\nspec:\n  labels: {app: x}\n  locality: a/b/c/d\n".to_string(),
             vec![

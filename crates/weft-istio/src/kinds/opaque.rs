@@ -29,6 +29,9 @@ pub(super) fn gateway(cx: &mut Ctx, v: &Value) -> Value {
                         }
                         cx.req_string(&po, "name");
                         cx.req_string(&po, "protocol");
+                        if po.has("targetPort") {
+                            cx.err(po.at("targetPort"), "has no effect on Gateways (Istio rejects it too)");
+                        }
                     }
                 }
             }

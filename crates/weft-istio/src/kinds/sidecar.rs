@@ -136,7 +136,10 @@ pub(super) fn sidecar(cx: &mut Ctx, v: &Value, _meta: &ObjectMeta) -> Sidecar {
 /// A Sidecar listener's `port: {number, protocol, name}`; number 0 is allowed for unix binds.
 fn sidecar_port(cx: &mut Ctx, o: &Obj, require_number: bool) -> Option<SidecarPort> {
     let v = o.get("port")?;
-    let po = cx.object(&o.at("port"), v, &["number", "protocol", "name"], &["targetPort"])?;
+    let po = cx.object(&o.at("port"), v, &["number", "protocol", "name", "targetPort"], &[])?;
+    if po.has("targetPort") {
+        cx.err(po.at("targetPort"), "has no effect on Sidecar ports (Istio rejects it too)");
+    }
     let number = match po.get("number") {
         Some(n) if !require_number && n.as_i64() == Some(0) => Some(0),
         Some(n) => cx.port(&po.at("number"), n),
