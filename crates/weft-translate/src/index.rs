@@ -1,0 +1,516 @@
+//! The immutable, per-tenant index the generators read: services with their endpoints, and the
+//! VirtualServices, DestinationRules and Sidecars that apply to them. Built once per snapshot.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use weft_istio::registry::Instance;
+use weft_istio::{
+    Address, Cidr, DestinationRule, Key, Kind, Labels, Locality, Protocol, Resolution, Resource, ServicePort, Sidecar,
+    Spec, VirtualService, WorkloadEntry,
+};
+
+use crate::naming::{exported_to, host_matches, resolve_host};
+use crate::{Input, Options, Warning};
+
+/// The order Istio uses to settle conflicts: oldest first (resources without a creation time
+/// count as newest), then namespace, then name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Age {
+    missing: bool,
+    created: String,
+    namespace: String,
+    name: String,
+}
+
+impl Age {
+    pub fn of(r: &Resource) -> Age {
+        Age {
+            missing: r.meta.creation_timestamp.is_none(),
+            created: r.meta.creation_timestamp.clone().unwrap_or_default(),
+            namespace: r.meta.namespace.clone(),
+            name: r.meta.name.clone(),
+        }
+    }
+}
+
+/// One service: a host of a ServiceEntry.
+#[derive(Debug)]
+pub struct Service {
+    pub key: Key,
+    pub host: String,
+    pub namespace: String,
+    /// SE addresses, else the allocated VIP.
+    pub addresses: Vec<Cidr>,
+    pub ports: Vec<ServicePort>,
+    pub resolution: Resolution,
+    pub export_to: Vec<String>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl Service {
+    /// The single address used in domains and `VIP/32` filter chain matches (a plain IP).
+    pub fn vip(&self) -> Option<IpAddr> {
+        self.addresses.iter().find(|c| c.prefix_len == if c.addr.is_ipv4() { 32 } else { 128 }).map(|c| c.addr)
+    }
+
+    pub fn is_wildcard(&self) -> bool {
+        self.host.starts_with('*')
+    }
+
+    pub fn port(&self, number: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.number == number)
+    }
+}
+
+/// One endpoint of a service (inline SE endpoint, selected WorkloadEntry or registry instance).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    pub address: Address,
+    pub ports: BTreeMap<String, u16>,
+    pub labels: Labels,
+    pub locality: Option<Locality>,
+    pub weight: u32,
+    pub healthy: bool,
+}
+
+impl Endpoint {
+    fn from_entry(we: &WorkloadEntry, healthy: bool) -> Option<Endpoint> {
+        Some(Endpoint {
+            address: we.address.clone()?,
+            ports: we.ports.clone(),
+            labels: we.labels.clone(),
+            locality: we.locality.clone(),
+            weight: we.weight.unwrap_or(1).max(1),
+            healthy,
+        })
+    }
+
+    /// The port this endpoint receives a service port's traffic on: its own port of that name,
+    /// else the service port's `targetPort`, else the service port's number (Istio's order).
+    pub fn target_port(&self, port: &ServicePort) -> u16 {
+        self.ports.get(&port.name).copied().or(port.target_port).unwrap_or(port.number)
+    }
+}
+
+#[derive(Debug)]
+pub struct VsEntry {
+    pub key: Key,
+    pub namespace: String,
+    /// Hosts resolved to FQDNs (wildcards kept).
+    pub hosts: Vec<String>,
+    pub spec: VirtualService,
+}
+
+#[derive(Debug)]
+pub struct DrEntry {
+    pub key: Key,
+    pub namespace: String,
+    pub host: String,
+    pub spec: DestinationRule,
+}
+
+#[derive(Debug)]
+pub struct SidecarEntry {
+    pub key: Key,
+    pub namespace: String,
+    pub spec: Sidecar,
+}
+
+/// Everything of one tenant.
+#[derive(Debug, Default)]
+pub struct Tenant {
+    /// Host → its services (one per namespace that defines it), oldest first.
+    pub services: BTreeMap<String, Vec<Arc<Service>>>,
+    /// Oldest first; only those that apply to sidecars (gateway `mesh`).
+    pub virtual_services: Vec<Arc<VsEntry>>,
+    /// Oldest first.
+    pub destination_rules: Vec<Arc<DrEntry>>,
+    /// Oldest first.
+    pub sidecars: Vec<Arc<SidecarEntry>>,
+    /// Endpoint address → services that have an endpoint there (finds a proxy's own workload).
+    pub by_ip: BTreeMap<IpAddr, Vec<Arc<Service>>>,
+    /// Distinct label selectors (VirtualService `sourceLabels`, DestinationRule
+    /// `workloadSelector`) whose outcome for a proxy changes what it receives.
+    pub selectors: Vec<Labels>,
+    /// Label names that `failoverPriority` settings compare between proxy and endpoints.
+    pub failover_labels: BTreeSet<String>,
+}
+
+/// Builds the per-tenant index and reports what could not be applied.
+pub fn build(input: &Input, warnings: &mut Vec<Warning>) -> BTreeMap<String, Tenant> {
+    let opts = &input.options;
+    let mut resources: Vec<&Arc<Resource>> = input.resources.iter().collect();
+    resources.sort_by_key(|r| (r.tenant().to_string(), Age::of(r), r.kind));
+
+    let mut tenants: BTreeMap<String, Tenant> = BTreeMap::new();
+    let mut entries_by_ns: BTreeMap<(String, String), Vec<(Key, &WorkloadEntry)>> = BTreeMap::new();
+    for r in &resources {
+        if let Spec::WorkloadEntry(we) = &r.spec {
+            entries_by_ns.entry((r.tenant().to_string(), r.meta.namespace.clone())).or_default().push((r.key(), we));
+        }
+    }
+    let mut instances_by_ns: BTreeMap<(String, String), Vec<&Instance>> = BTreeMap::new();
+    for i in &input.instances {
+        instances_by_ns.entry((i.tenant.clone(), i.namespace.clone())).or_default().push(i);
+    }
+    let mut used_entries: BTreeSet<Key> = BTreeSet::new();
+
+    for r in &resources {
+        let tenant = tenants.entry(r.tenant().to_string()).or_default();
+        let key = r.key();
+        let ns = r.meta.namespace.clone();
+        match &r.spec {
+            Spec::ServiceEntry(se) => {
+                let mut seen_hosts = BTreeSet::new();
+                for host in &se.hosts {
+                    let fqdn = resolve_host(host, &ns, &opts.domain_suffix);
+                    if !seen_hosts.insert(fqdn.clone()) {
+                        continue;
+                    }
+                    let addresses = if se.addresses.is_empty() {
+                        input
+                            .vips
+                            .get(&(r.tenant().to_string(), fqdn.clone()))
+                            .map(|ip| vec![Cidr { addr: *ip, prefix_len: if ip.is_ipv4() { 32 } else { 128 } }])
+                            .unwrap_or_default()
+                    } else {
+                        se.addresses.clone()
+                    };
+                    let mut endpoints: Vec<Endpoint> =
+                        se.endpoints.iter().filter_map(|we| Endpoint::from_entry(we, true)).collect();
+                    let tenant_ns = (r.tenant().to_string(), ns.clone());
+                    if let Some(sel) = se.workload_selector.as_ref().filter(|s| !s.labels.is_empty()) {
+                        for (we_key, we) in entries_by_ns.get(&tenant_ns).into_iter().flatten() {
+                            if sel.matches(&we.labels) {
+                                used_entries.insert(we_key.clone());
+                                endpoints.extend(Endpoint::from_entry(we, true));
+                            }
+                        }
+                    }
+                    for inst in instances_by_ns.get(&tenant_ns).into_iter().flatten() {
+                        let by_label = se.workload_selector.as_ref().is_some_and(|s| inst.selected_by(s));
+                        let by_host =
+                            inst.service_hosts.iter().any(|h| resolve_host(h, &ns, &opts.domain_suffix) == fqdn);
+                        if by_label || by_host {
+                            endpoints.extend(Endpoint::from_entry(&inst.to_workload_entry(), inst.healthy));
+                        }
+                    }
+                    if se.resolution == Resolution::Static
+                        && endpoints.iter().any(|e| !matches!(e.address, Address::Ip(_) | Address::Unix(_)))
+                    {
+                        warnings.push(Warning::new(
+                            &key,
+                            format!(
+                                "host {fqdn}: STATIC resolution needs IP endpoints; host-name endpoints are left out"
+                            ),
+                        ));
+                        endpoints.retain(|e| matches!(e.address, Address::Ip(_) | Address::Unix(_)));
+                    }
+                    let service = Arc::new(Service {
+                        key: key.clone(),
+                        host: fqdn.clone(),
+                        namespace: ns.clone(),
+                        addresses,
+                        ports: se.ports.clone(),
+                        resolution: se.resolution,
+                        export_to: se.export_to.clone(),
+                        endpoints,
+                    });
+                    let list = tenant.services.entry(fqdn.clone()).or_default();
+                    if let Some(first) = list.iter().find(|s| s.namespace == ns) {
+                        warnings.push(Warning::new(
+                            &key,
+                            format!(
+                                "host {fqdn} is already defined in namespace {ns} by {}; this one is ignored",
+                                first.key
+                            ),
+                        ));
+                        continue;
+                    }
+                    list.push(service);
+                }
+            }
+            Spec::VirtualService(vs) => {
+                if !vs.applies_to_mesh() {
+                    warnings.push(Warning::new(
+                        &key,
+                        format!(
+                            "gateways {:?} do not include \"mesh\": gateways are not applied yet, so this VirtualService has no effect",
+                            vs.gateways
+                        ),
+                    ));
+                    continue;
+                }
+                let other: Vec<&String> = vs.gateways.iter().filter(|g| g.as_str() != "mesh").collect();
+                if !other.is_empty() {
+                    warnings.push(Warning::new(
+                        &key,
+                        format!("gateways {other:?} are not applied yet; the routes apply to sidecars (mesh) only"),
+                    ));
+                }
+                for (i, h) in vs.http.iter().enumerate() {
+                    if matches!(h.action, weft_istio::HttpAction::Delegate { .. }) {
+                        warnings.push(Warning::new(
+                            &key,
+                            format!("http[{i}]: delegate is not applied; the route is left out"),
+                        ));
+                    }
+                }
+                let hosts = vs.hosts.iter().map(|h| resolve_host(h, &ns, &opts.domain_suffix)).collect();
+                tenant.virtual_services.push(Arc::new(VsEntry { key, namespace: ns, hosts, spec: vs.clone() }));
+            }
+            Spec::DestinationRule(dr) => {
+                tenant.destination_rules.push(Arc::new(DrEntry {
+                    key,
+                    namespace: ns.clone(),
+                    host: resolve_host(&dr.host, &ns, &opts.domain_suffix),
+                    spec: dr.clone(),
+                }));
+            }
+            Spec::Sidecar(sc) => {
+                tenant.sidecars.push(Arc::new(SidecarEntry { key, namespace: ns, spec: sc.clone() }));
+            }
+            Spec::WorkloadEntry(_) | Spec::Opaque(_) => {}
+        }
+    }
+
+    for r in &resources {
+        if let Spec::Opaque(_) = r.spec {
+            warnings.push(Warning::new(&r.key(), format!("{} resources are stored but not applied yet", r.kind)));
+        }
+        if r.kind == Kind::WorkloadEntry && !used_entries.contains(&r.key()) {
+            warnings.push(Warning::new(&r.key(), "no ServiceEntry in its namespace selects this WorkloadEntry".into()));
+        }
+    }
+
+    for tenant in tenants.values_mut() {
+        index_tenant(tenant, opts, warnings);
+    }
+    tenants
+}
+
+fn index_tenant(tenant: &mut Tenant, opts: &Options, warnings: &mut Vec<Warning>) {
+    // Endpoint addresses, for finding a proxy's own workload.
+    for services in tenant.services.values() {
+        for s in services {
+            for e in &s.endpoints {
+                if let Address::Ip(ip) = e.address {
+                    let list = tenant.by_ip.entry(ip).or_default();
+                    if !list.iter().any(|x| Arc::ptr_eq(x, s)) {
+                        list.push(s.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    // Label selectors that make two proxies of one namespace see different config.
+    let mut selectors: BTreeSet<Labels> = BTreeSet::new();
+    for vs in &tenant.virtual_services {
+        for h in &vs.spec.http {
+            for m in &h.matches {
+                if !m.source_labels.is_empty() {
+                    selectors.insert(m.source_labels.clone());
+                }
+            }
+        }
+        for m in vs.spec.tcp.iter().flat_map(|t| &t.matches) {
+            if !m.source_labels.is_empty() {
+                selectors.insert(m.source_labels.clone());
+            }
+        }
+        for m in vs.spec.tls.iter().flat_map(|t| &t.matches) {
+            if !m.source_labels.is_empty() {
+                selectors.insert(m.source_labels.clone());
+            }
+        }
+    }
+    for dr in &tenant.destination_rules {
+        if let Some(sel) = &dr.spec.workload_selector {
+            selectors.insert(sel.labels.clone());
+        }
+    }
+    tenant.selectors = selectors.into_iter().collect();
+    for dr in &tenant.destination_rules {
+        let Some(tp) = &dr.spec.traffic_policy else { continue };
+        let mut lbs: Vec<&weft_istio::LoadBalancer> = tp.load_balancer.iter().collect();
+        lbs.extend(tp.port_level_settings.iter().filter_map(|p| p.load_balancer.as_ref()));
+        for s in &dr.spec.subsets {
+            if let Some(stp) = &s.traffic_policy {
+                lbs.extend(stp.load_balancer.iter());
+                lbs.extend(stp.port_level_settings.iter().filter_map(|p| p.load_balancer.as_ref()));
+            }
+        }
+        for lb in lbs {
+            if let Some(l) = &lb.locality_lb_setting {
+                tenant.failover_labels.extend(l.failover_priority.iter().cloned());
+            }
+        }
+    }
+
+    // VirtualService conflicts: two claiming one host, the oldest wins (for proxies that can see both).
+    let mut claims: BTreeMap<&str, Vec<&VsEntry>> = BTreeMap::new();
+    for vs in &tenant.virtual_services {
+        for h in &vs.hosts {
+            claims.entry(h.as_str()).or_default().push(vs);
+        }
+    }
+    for (host, list) in &claims {
+        if let Some((winner, losers)) = list.split_first() {
+            for loser in losers {
+                warnings.push(Warning::new(
+                    &loser.key,
+                    format!(
+                        "host {host} is also claimed by {} (older); that one wins where both are visible",
+                        winner.key
+                    ),
+                ));
+            }
+        }
+    }
+    for vs in &tenant.virtual_services {
+        for h in &vs.hosts {
+            let matched = tenant.services.keys().any(|s| host_matches(h, s) || host_matches(s, h));
+            if !matched {
+                warnings.push(Warning::new(
+                    &vs.key,
+                    format!("host {h} matches no ServiceEntry host; its routes are not applied"),
+                ));
+            }
+        }
+        for dest in destinations(&vs.spec) {
+            let host = resolve_host(&dest.host, &vs.namespace, &opts.domain_suffix);
+            let Some(services) = tenant.services.get(&host) else {
+                warnings.push(Warning::new(&vs.key, format!("destination host {host} is not a known service")));
+                continue;
+            };
+            if let Some(subset) = &dest.subset {
+                let known = tenant
+                    .destination_rules
+                    .iter()
+                    .any(|dr| host_matches(&dr.host, &host) && dr.spec.subsets.iter().any(|s| &s.name == subset));
+                if !known {
+                    warnings.push(Warning::new(
+                        &vs.key,
+                        format!("destination {host} subset {subset} is not defined by any DestinationRule"),
+                    ));
+                }
+            }
+            if let Some(port) = dest.port {
+                if !services.iter().any(|s| s.port(port).is_some()) {
+                    warnings.push(Warning::new(&vs.key, format!("destination {host} has no port {port}")));
+                }
+            }
+        }
+    }
+
+    // DestinationRules: more than one for a host in one namespace are merged (Istio), subsets
+    // with a name taken already are dropped.
+    let mut by_ns_host: BTreeMap<(String, String, bool), Vec<&DrEntry>> = BTreeMap::new();
+    for dr in &tenant.destination_rules {
+        by_ns_host
+            .entry((dr.namespace.clone(), dr.host.clone(), dr.spec.workload_selector.is_some()))
+            .or_default()
+            .push(dr);
+    }
+    for list in by_ns_host.values() {
+        let mut names = BTreeSet::new();
+        for (i, dr) in list.iter().enumerate() {
+            if i > 0 && dr.spec.traffic_policy.is_some() {
+                warnings.push(Warning::new(
+                    &dr.key,
+                    format!(
+                        "{} for the same host is older; this trafficPolicy is ignored (subsets are merged)",
+                        list[0].key
+                    ),
+                ));
+            }
+            for s in &dr.spec.subsets {
+                if !names.insert(s.name.clone()) {
+                    warnings.push(Warning::new(
+                        &dr.key,
+                        format!("subset {} is already defined for host {}; ignored", s.name, dr.host),
+                    ));
+                }
+            }
+        }
+    }
+    for dr in &tenant.destination_rules {
+        if !tenant.services.keys().any(|s| host_matches(&dr.host, s)) {
+            warnings.push(Warning::new(&dr.key, format!("host {} matches no ServiceEntry host", dr.host)));
+        }
+    }
+
+    // Services sharing an address on a port cannot both get a filter chain.
+    let mut vip_ports: BTreeMap<(Cidr, u16), &Service> = BTreeMap::new();
+    for services in tenant.services.values() {
+        for s in services {
+            for a in &s.addresses {
+                for p in &s.ports {
+                    if let Some(first) = vip_ports.get(&(*a, p.number)) {
+                        if first.key != s.key || first.host != s.host {
+                            warnings.push(Warning::new(
+                                &s.key,
+                                format!(
+                                    "host {} shares address {a} port {} with {} ({}); only one gets the filter chain",
+                                    s.host, p.number, first.host, first.key
+                                ),
+                            ));
+                        }
+                    } else {
+                        vip_ports.insert((*a, p.number), s);
+                    }
+                }
+            }
+        }
+    }
+    for services in tenant.services.values() {
+        for s in services {
+            if matches!(s.resolution, Resolution::DnsRoundRobin) && s.endpoints.len() > 1 {
+                warnings.push(Warning::new(
+                    &s.key,
+                    format!("host {}: DNS_ROUND_ROBIN uses only the first endpoint (Envoy LOGICAL_DNS)", s.host),
+                ));
+            }
+            if s.is_wildcard() && !matches!(s.resolution, Resolution::None) {
+                warnings.push(Warning::new(
+                    &s.key,
+                    format!("host {}: a wildcard host needs resolution NONE; treated as NONE", s.host),
+                ));
+            }
+            for p in &s.ports {
+                if matches!(p.protocol, Protocol::Udp) {
+                    warnings
+                        .push(Warning::new(&s.key, format!("host {} port {}: UDP is not proxied", s.host, p.number)));
+                }
+            }
+        }
+    }
+}
+
+/// Every destination a VirtualService names (routes and mirrors).
+pub fn destinations(vs: &VirtualService) -> Vec<&weft_istio::Destination> {
+    let mut out = Vec::new();
+    for h in &vs.http {
+        if let weft_istio::HttpAction::Route(dests) = &h.action {
+            out.extend(dests.iter().map(|d| &d.destination));
+        }
+        out.extend(h.mirrors.iter().map(|m| &m.destination));
+    }
+    out.extend(vs.tcp.iter().flat_map(|t| t.route.iter().map(|d| &d.destination)));
+    out.extend(vs.tls.iter().flat_map(|t| t.route.iter().map(|d| &d.destination)));
+    out
+}
+
+impl Tenant {
+    /// The service a proxy in `namespace` means by `host`: the one defined in its own namespace,
+    /// else the oldest exported to it.
+    pub fn service_for(&self, host: &str, namespace: &str) -> Option<&Arc<Service>> {
+        let list = self.services.get(host)?;
+        list.iter()
+            .find(|s| s.namespace == namespace && exported_to(&s.export_to, &s.namespace, namespace))
+            .or_else(|| list.iter().find(|s| exported_to(&s.export_to, &s.namespace, namespace)))
+    }
+}

@@ -1,0 +1,350 @@
+//! Istio resources and registry instances translated into xDS v3 resources for one proxy.
+//!
+//! [`Mesh::build`] indexes a snapshot of the model once (per tenant: services by host with
+//! their endpoints, VirtualServices, DestinationRules, Sidecars) and reports what it cannot
+//! apply as [`Warning`]s. [`Mesh::generate`] is a pure function of the mesh and a proxy's
+//! [`NodeInfo`]: Envoy-shaped listeners, routes, clusters and endpoints (Istio's names and
+//! shapes, so stock Envoy, weft proxy and proxyless gRPC clients all understand them). The
+//! outbound part depends only on the proxy's *scope* (tenant, namespace, Sidecar, generator,
+//! matching label selectors, locality) and is cached inside the mesh, so proxies sharing a
+//! scope share the same `Arc<Resource>`s. docs/translation.md lists every rule.
+#![forbid(unsafe_code)]
+
+mod cluster;
+mod index;
+mod listener;
+pub mod naming;
+mod pb;
+pub mod render;
+mod route;
+mod scope;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use weft_istio::{Address, CaptureMode, Key, OutboundMode, Resolution, Resource, Spec};
+use weft_xds::{Generator, NodeInfo, ResourceSet};
+
+use crate::index::Tenant;
+use crate::listener::InboundPort;
+use crate::naming::{inbound_cluster, outbound_cluster, resolve_host};
+use crate::scope::{matching_selectors, proxy_locality, select_sidecar, Scope, ScopeKey, ScopeProxy};
+
+pub use crate::route::{DEFAULT_RETRIABLE_STATUS, DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_ON};
+
+/// Istio's default DNS domain suffix.
+pub const DEFAULT_DOMAIN_SUFFIX: &str = "cluster.local";
+/// At most this many scopes are cached per mesh; past it the cache starts over.
+pub const MAX_CACHED_SCOPES: usize = 4096;
+
+/// Everything the translation reads: one consistent snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct Input {
+    pub resources: Vec<Arc<Resource>>,
+    pub instances: Vec<weft_istio::registry::Instance>,
+    /// Allocated VIPs for ServiceEntry hosts without addresses, by (tenant, host).
+    pub vips: BTreeMap<(String, String), IpAddr>,
+    pub options: Options,
+}
+
+/// Mesh-wide settings (Istio's MeshConfig equivalents).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// The DNS suffix of Kubernetes-style hosts (`cluster.local`).
+    pub domain_suffix: String,
+    /// Routes without `retries` get Istio's default retry policy (2 attempts on connect
+    /// failures, refused streams, gRPC unavailable/cancelled and 503).
+    pub default_retry: bool,
+    /// Where unknown destinations go when the proxy's Sidecar does not say.
+    pub outbound_mode: OutboundMode,
+    /// Istio's mesh default `localityLbSetting: {enabled: true}`: with outlier detection on,
+    /// endpoints get failover priorities relative to the proxy's locality.
+    pub locality_lb: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            domain_suffix: DEFAULT_DOMAIN_SUFFIX.to_string(),
+            default_retry: true,
+            outbound_mode: OutboundMode::AllowAny,
+            locality_lb: true,
+        }
+    }
+}
+
+/// Something in the model that is not applied as written.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Warning {
+    pub resource: Key,
+    pub message: String,
+}
+
+impl Warning {
+    pub fn new(resource: &Key, message: String) -> Warning {
+        Warning { resource: resource.clone(), message }
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.resource, self.message)
+    }
+}
+
+/// An immutable, indexed snapshot of the mesh, with a cache of generated resources per scope.
+pub struct Mesh {
+    options: Options,
+    tenants: BTreeMap<String, Tenant>,
+    empty: Tenant,
+    cache: Mutex<HashMap<ScopeKey, Arc<ResourceSet>>>,
+}
+
+impl fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mesh")
+            .field("options", &self.options)
+            .field("tenants", &self.tenants.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Mesh {
+    /// Indexes the input. Never fails: what cannot be applied is left out and reported.
+    pub fn build(input: Input) -> (Mesh, Vec<Warning>) {
+        let mut warnings = Vec::new();
+        let tenants = index::build(&input, &mut warnings);
+        warnings.sort();
+        warnings.dedup();
+        let mesh =
+            Mesh { options: input.options, tenants, empty: Tenant::default(), cache: Mutex::new(HashMap::new()) };
+        (mesh, warnings)
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Tenants that have at least one resource.
+    pub fn tenants(&self) -> impl Iterator<Item = &str> {
+        self.tenants.keys().map(String::as_str)
+    }
+
+    /// The resources for one proxy: only its tenant's, only what its Sidecar imports.
+    pub fn generate(&self, node: &NodeInfo) -> ResourceSet {
+        let tenant = self.tenants.get(&node.tenant).unwrap_or(&self.empty);
+        let sidecar = select_sidecar(tenant, &node.namespace, &node.labels);
+        let locality = proxy_locality(tenant, node);
+        let grpc = node.generator == Generator::Grpc;
+        let key = ScopeKey {
+            tenant: node.tenant.clone(),
+            namespace: node.namespace.clone(),
+            sidecar: sidecar.as_ref().map(|s| s.key.clone()),
+            grpc,
+            selectors: matching_selectors(tenant, &node.labels),
+            locality: locality.clone(),
+            labels: failover_labels(tenant, node),
+        };
+        let proxy = ScopeProxy { namespace: node.namespace.clone(), labels: node.labels.clone(), locality };
+        let cached = self.cache.lock().ok().and_then(|c| c.get(&key).cloned());
+        let outbound = match cached {
+            Some(set) => set,
+            None => {
+                let scope = Scope::new(tenant, &self.options, proxy.clone(), sidecar.clone());
+                let set = Arc::new(if grpc { grpc_resources(&scope) } else { outbound_resources(&scope) });
+                if let Ok(mut cache) = self.cache.lock() {
+                    if cache.len() >= MAX_CACHED_SCOPES {
+                        cache.clear();
+                    }
+                    cache.insert(key, set.clone());
+                }
+                set
+            }
+        };
+        let mut out = (*outbound).clone();
+        if !grpc {
+            let scope = Scope::new_bare(tenant, &self.options, proxy, sidecar);
+            inbound_resources(&scope, node, &mut out);
+        }
+        out
+    }
+
+    /// How many scopes are cached (for tests and metrics).
+    pub fn cached_scopes(&self) -> usize {
+        self.cache.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// ServiceEntry hosts that need an allocated VIP: no `addresses`, not a wildcard, resolution
+    /// other than NONE (as Istio's auto-allocation). `(tenant, host)` with short hosts resolved
+    /// in the resource's namespace under `cluster.local`.
+    pub fn hosts_needing_vips(resources: &[Arc<Resource>]) -> Vec<(String, String)> {
+        Self::hosts_needing_vips_in(resources, DEFAULT_DOMAIN_SUFFIX)
+    }
+
+    /// [`Mesh::hosts_needing_vips`] for another DNS suffix.
+    pub fn hosts_needing_vips_in(resources: &[Arc<Resource>], domain_suffix: &str) -> Vec<(String, String)> {
+        let mut out = BTreeSet::new();
+        for r in resources {
+            let Spec::ServiceEntry(se) = &r.spec else { continue };
+            if !se.addresses.is_empty() || se.resolution == Resolution::None {
+                continue;
+            }
+            for h in &se.hosts {
+                let host = resolve_host(h, &r.meta.namespace, domain_suffix);
+                if !host.starts_with('*') {
+                    out.insert((r.tenant().to_string(), host));
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+}
+
+/// Values of the proxy labels that `failoverPriority` settings of its tenant look at.
+fn failover_labels(tenant: &Tenant, node: &NodeInfo) -> Vec<(String, String)> {
+    tenant.failover_labels.iter().filter_map(|k| node.labels.get(k).map(|v| (k.clone(), v.clone()))).collect()
+}
+
+fn insert<M: prost::Message + prost::Name>(set: &mut ResourceSet, name: &str, msg: &M) {
+    set.insert(weft_xds::Resource::new(name, msg));
+}
+
+/// CDS and EDS for every visible service port and subset.
+fn add_service_clusters(scope: &Scope, set: &mut ResourceSet) {
+    for s in scope.services.values() {
+        let rule = scope.destination_rule(s);
+        for p in &s.ports {
+            for built in cluster::service_port_clusters(scope, s, p, rule.as_ref()) {
+                if let Some(cla) = &built.assignment {
+                    insert(set, &cla.cluster_name, cla);
+                }
+                insert(set, &built.cluster.name.clone(), &built.cluster);
+            }
+        }
+    }
+}
+
+/// The outbound resources of an Envoy/weft proxy scope.
+fn outbound_resources(scope: &Scope) -> ResourceSet {
+    let mut set = ResourceSet::default();
+    add_service_clusters(scope, &mut set);
+    for c in [cluster::passthrough(), cluster::blackhole(), cluster::inbound_passthrough()] {
+        insert(&mut set, &c.name.clone(), &c);
+    }
+    for (port, services) in &scope.ports {
+        let http = services.iter().any(|ps| {
+            ps.service.port(*port).is_some_and(|p| {
+                matches!(listener::port_kind(&p.protocol), listener::PortKind::Http | listener::PortKind::Sniffed)
+            })
+        });
+        if http {
+            let rc = route::port_routes(scope, *port, services);
+            insert(&mut set, &rc.name.clone(), &rc);
+        }
+    }
+    if !scope.egress.iter().all(|e| e.listener.capture_mode == CaptureMode::None) {
+        let l = listener::virtual_outbound(scope);
+        insert(&mut set, &l.name.clone(), &l);
+    }
+    for l in listener::bind_outbound(scope) {
+        insert(&mut set, &l.name.clone(), &l);
+    }
+    set
+}
+
+/// What a proxyless gRPC client can ask for: `HOST:PORT` API listeners and route
+/// configurations for HTTP-ish ports of visible services, and the clusters.
+fn grpc_resources(scope: &Scope) -> ResourceSet {
+    let mut set = ResourceSet::default();
+    add_service_clusters(scope, &mut set);
+    for s in scope.services.values() {
+        for p in &s.ports {
+            let visible = scope.ports.get(&p.number).is_some_and(|v| v.iter().any(|ps| ps.service.host == s.host));
+            let http =
+                matches!(listener::port_kind(&p.protocol), listener::PortKind::Http | listener::PortKind::Sniffed);
+            if !visible || !http || s.is_wildcard() {
+                continue;
+            }
+            let l = listener::grpc_listener(&s.host, p.number);
+            insert(&mut set, &l.name.clone(), &l);
+            let rc = route::grpc_routes(scope, s, p.number);
+            insert(&mut set, &rc.name.clone(), &rc);
+        }
+    }
+    set
+}
+
+/// The ports of the proxy's own workload: its Sidecar's ingress listeners when it has any,
+/// else the service ports of every endpoint at one of the proxy's addresses.
+fn inbound_ports(scope: &Scope, node: &NodeInfo) -> Vec<InboundPort> {
+    let mut out: Vec<InboundPort> = Vec::new();
+    let ingress = scope.sidecar.as_ref().map(|s| s.spec.ingress.as_slice()).unwrap_or_default();
+    if !ingress.is_empty() {
+        for l in ingress {
+            let (target, target_port) = l
+                .default_endpoint
+                .as_deref()
+                .and_then(|e| listener::parse_default_endpoint(e, node.ips.first().copied()))
+                .unwrap_or((Address::Ip(IpAddr::from([127, 0, 0, 1])), l.port.number));
+            let bind_mode = l.bind.is_some() || l.capture_mode == CaptureMode::None;
+            out.push(InboundPort {
+                port: l.port.number,
+                protocol: l.port.protocol.clone(),
+                target,
+                target_port,
+                bind: bind_mode.then(|| l.bind.clone().unwrap_or_else(|| "0.0.0.0".to_string())),
+            });
+        }
+        return out;
+    }
+    for ip in &node.ips {
+        for s in scope.tenant.by_ip.get(ip).into_iter().flatten() {
+            for e in s.endpoints.iter().filter(|e| e.address == Address::Ip(*ip)) {
+                for p in &s.ports {
+                    let target = e.target_port(p);
+                    if out.iter().any(|x| x.port == target) {
+                        continue;
+                    }
+                    out.push(InboundPort {
+                        port: target,
+                        protocol: p.protocol.clone(),
+                        target: Address::Ip(IpAddr::from([127, 0, 0, 1])),
+                        target_port: target,
+                        bind: None,
+                    });
+                }
+            }
+        }
+    }
+    out.sort_by_key(|p| p.port);
+    out
+}
+
+/// The inbound resources of one proxy (they depend on its addresses, so they are not cached).
+fn inbound_resources(scope: &Scope, node: &NodeInfo, set: &mut ResourceSet) {
+    let ports = inbound_ports(scope, node);
+    for p in &ports {
+        let name = inbound_cluster(p.port);
+        let c = cluster::inbound(&name, &p.target, p.target_port, &p.protocol);
+        insert(set, &name, &c);
+    }
+    let ingress = scope.sidecar.as_ref().map(|s| s.spec.ingress.as_slice()).unwrap_or_default();
+    let egress_none =
+        scope.sidecar.is_some() && scope.egress.iter().all(|e| e.listener.capture_mode == CaptureMode::None);
+    let inbound_captured =
+        if ingress.is_empty() { !egress_none } else { ingress.iter().any(|l| l.capture_mode != CaptureMode::None) };
+    if inbound_captured {
+        let l = listener::virtual_inbound(&ports);
+        insert(set, &l.name.clone(), &l);
+    }
+    for l in listener::bind_inbound(&ports) {
+        insert(set, &l.name.clone(), &l);
+    }
+}
+
+/// The cluster name of a service port (for callers outside the generators, e.g. `weft check`).
+pub fn cluster_name(port: u16, subset: Option<&str>, host: &str) -> String {
+    outbound_cluster(port, subset.unwrap_or(""), host)
+}
