@@ -236,6 +236,24 @@ fn invalid_documents_report_file_resource_field_and_reason() {
             vec!["shop.yaml: Sidecar default/default: spec.ingress[0].port.targetPort: has no effect on Sidecar ports (Istio rejects it too)"],
         ),
         (
+            "typo inside a not-applied field is still an error",
+            dr("  host: reviews\n  trafficPolicy:\n    tls: {mode: SIMPLE, credentalName: x}\n"),
+            vec!["shop.yaml: DestinationRule default/reviews: spec.trafficPolicy.tls: unknown field \"credentalName\" (did you mean \"credentialName\"?)"],
+        ),
+        (
+            "not-applied enum is checked",
+            vs("  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n    corsPolicy: {allowOrigins: [{exact: a}], unmatchedPreflights: DROP}\n"),
+            vec!["shop.yaml: VirtualService default/reviews: spec.http[0].corsPolicy.unmatchedPreflights: \"DROP\" is not one of UNSPECIFIED, FORWARD, IGNORE"],
+        ),
+        (
+            "istio rejects exponential delay and http2 errors",
+            vs("  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n    fault:\n      delay: {exponentialDelay: 1s}\n      abort: {http2Error: REFUSED_STREAM}\n"),
+            vec![
+                "shop.yaml: VirtualService default/reviews: spec.http[0].fault.delay.exponentialDelay: is not supported (Istio rejects it too); use fixedDelay",
+                "shop.yaml: VirtualService default/reviews: spec.http[0].fault.abort.http2Error: is not supported (Istio rejects it too); use httpStatus or grpcStatus",
+            ],
+        ),
+        (
             "workload entry needs address",
             "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: vm1\nspec:\n  labels: {app: x}\n  locality: a/b/c/d\n".to_string(),
             vec![

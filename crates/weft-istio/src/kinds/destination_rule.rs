@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use super::{export_to, port_selector, workload_selector};
+use super::{export_to, port_selector, shapes, workload_selector};
 use crate::meta::ObjectMeta;
 use crate::spec::*;
 use crate::walk::{check_host, index, is_dns1123_label, join, Ctx, Obj};
@@ -73,6 +73,10 @@ pub(super) fn destination_rule(cx: &mut Ctx, v: &Value, meta: &ObjectMeta) -> De
 
 fn traffic_policy(cx: &mut Ctx, path: &str, v: &Value) -> Option<TrafficPolicy> {
     let o = cx.object(path, v, TP_FIELDS, TP_NOT_APPLIED)?;
+    shapes::check(cx, &o, "tls", shapes::client_tls);
+    shapes::check(cx, &o, "proxyProtocol", shapes::proxy_protocol);
+    shapes::check(cx, &o, "tunnel", shapes::tunnel);
+    shapes::check(cx, &o, "retryBudget", shapes::retry_budget);
     if o.map.values().all(Value::is_null) {
         cx.err(path, "a traffic policy needs at least one field");
     }
@@ -90,6 +94,7 @@ fn traffic_policy(cx: &mut Ctx, path: &str, v: &Value) -> Option<TrafficPolicy> 
     for (i, p) in cx.opt_list(&o, "portLevelSettings").iter().enumerate() {
         let pp = index(&ppath, i);
         let Some(po) = cx.object(&pp, p, PORT_TP_FIELDS, PORT_TP_NOT_APPLIED) else { continue };
+        shapes::check(cx, &po, "tls", shapes::client_tls);
         let port = port_selector(cx, &po, "port");
         if !po.has("port") {
             cx.err(po.at("port"), "required");
@@ -115,6 +120,7 @@ fn traffic_policy(cx: &mut Ctx, path: &str, v: &Value) -> Option<TrafficPolicy> 
 fn load_balancer(cx: &mut Ctx, o: &Obj) -> Option<LoadBalancer> {
     let v = o.get("loadBalancer")?;
     let lo = cx.object(&o.at("loadBalancer"), v, LB_FIELDS, LB_NOT_APPLIED)?;
+    shapes::check(cx, &lo, "warmup", shapes::warmup);
     let mut lb = LoadBalancer::default();
     if lo.has("simple") && lo.has("consistentHash") {
         cx.err(o.at("loadBalancer"), "only one of simple or consistentHash may be set");
@@ -189,6 +195,9 @@ fn consistent_hash(cx: &mut Ctx, path: &str, v: &Value) -> Option<ConsistentHash
         Some(_) => {
             let cpath = o.at("httpCookie");
             let c = o.get("httpCookie").and_then(|c| cx.object(&cpath, c, &["name", "path", "ttl"], &["attributes"]));
+            if let Some(c) = &c {
+                shapes::check(cx, c, "attributes", shapes::cookie_attributes);
+            }
             c.map(|c| HashKey::HttpCookie {
                 name: cx.req_string(&c, "name").unwrap_or_default(),
                 path: cx.opt_string(&c, "path"),

@@ -3,6 +3,7 @@
 mod destination_rule;
 mod opaque;
 mod service_entry;
+mod shapes;
 mod sidecar;
 mod virtual_service;
 

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde_json::Value;
 
-use super::{destination, port_protocol, workload_selector};
+use super::{destination, port_protocol, shapes, workload_selector};
 use crate::meta::ObjectMeta;
 use crate::spec::*;
 use crate::walk::{check_host, check_port_name, index, is_dns1123_label, Ctx, Obj};
@@ -21,6 +21,7 @@ const CAPTURE_MODES: &[(&str, CaptureMode)] =
 pub(super) fn sidecar(cx: &mut Ctx, v: &Value, _meta: &ObjectMeta) -> Sidecar {
     let mut sc = Sidecar { workload_selector: None, ingress: vec![], egress: vec![], outbound_traffic_policy: None };
     let Some(o) = cx.object("spec", v, SIDECAR_FIELDS, SIDECAR_NOT_APPLIED) else { return sc };
+    shapes::check(cx, &o, "inboundConnectionPool", shapes::connection_pool);
     sc.workload_selector = workload_selector(cx, &o, "workloadSelector");
     if sc.workload_selector.as_ref().is_some_and(|s| s.labels.is_empty()) {
         cx.err(o.at("workloadSelector"), "labels are required (omit workloadSelector to apply to the namespace)");
@@ -37,6 +38,8 @@ pub(super) fn sidecar(cx: &mut Ctx, v: &Value, _meta: &ObjectMeta) -> Sidecar {
     for (i, l) in cx.opt_list(&o, "ingress").iter().enumerate() {
         let p = index(&ipath, i);
         let Some(lo) = cx.object(&p, l, INGRESS_FIELDS, INGRESS_NOT_APPLIED) else { continue };
+        shapes::check(cx, &lo, "tls", shapes::server_tls);
+        shapes::check(cx, &lo, "connectionPool", shapes::connection_pool);
         let Some(port) = sidecar_port(cx, &lo, true) else {
             if !lo.has("port") {
                 cx.err(lo.at("port"), "required");

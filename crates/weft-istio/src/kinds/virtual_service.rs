@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use super::shapes;
 use super::{
     cidrs, destination, export_to, gateway_names, headers, match_header_name, regex, source_namespace, string_match,
 };
@@ -166,6 +167,7 @@ fn http_route(cx: &mut Ctx, path: &str, v: &Value) -> HttpRoute {
         headers: Headers::default(),
     };
     let Some(o) = cx.object(path, v, HTTP_FIELDS, HTTP_NOT_APPLIED) else { return route };
+    shapes::check(cx, &o, "corsPolicy", shapes::cors_policy);
     route.name = cx.opt_string(&o, "name");
     let match_path = o.at("match");
     for (i, m) in cx.opt_list(&o, "match").iter().enumerate() {
@@ -225,6 +227,7 @@ fn http_route(cx: &mut Ctx, path: &str, v: &Value) -> HttpRoute {
 fn http_match(cx: &mut Ctx, path: &str, v: &Value) -> HttpMatch {
     let mut m = HttpMatch::default();
     let Some(o) = cx.object(path, v, MATCH_FIELDS, MATCH_NOT_APPLIED) else { return m };
+    shapes::check(cx, &o, "statPrefix", shapes::string);
     m.name = cx.opt_string(&o, "name");
     m.uri = o.get("uri").map(|u| string_match(cx, &o.at("uri"), u));
     m.scheme = o.get("scheme").map(|u| string_match(cx, &o.at("scheme"), u));
@@ -459,6 +462,8 @@ fn rewrite(cx: &mut Ctx, o: &Obj) -> Option<HttpRewrite> {
 fn retries(cx: &mut Ctx, o: &Obj) -> Option<HttpRetry> {
     let v = o.get("retries")?;
     let ro = cx.object(&o.at("retries"), v, RETRY_FIELDS, RETRY_NOT_APPLIED)?;
+    shapes::check(cx, &ro, "backoff", shapes::duration);
+    shapes::check(cx, &ro, "retryIgnorePreviousHosts", shapes::boolean);
     let attempts =
         ro.get("attempts").and_then(|a| cx.int(&ro.at("attempts"), a, 0, i32::MAX as i64)).unwrap_or(0) as u32;
     let per_try_timeout = cx.opt_duration_ms(&ro, "perTryTimeout");
@@ -489,18 +494,23 @@ fn fault(cx: &mut Ctx, o: &Obj) -> Option<HttpFault> {
     let mut f = HttpFault::default();
     if let Some(d) = fo.get("delay") {
         let dpath = fo.at("delay");
-        if let Some(dobj) = cx.object(&dpath, d, &["fixedDelay", "percentage", "percent"], &["exponentialDelay"]) {
+        if let Some(dobj) = cx.object(&dpath, d, &["fixedDelay", "percentage", "percent", "exponentialDelay"], &[]) {
             let percentage = fault_percentage(cx, &dobj);
+            if dobj.has("exponentialDelay") {
+                cx.err(dobj.at("exponentialDelay"), "is not supported (Istio rejects it too); use fixedDelay");
+            }
             match cx.opt_duration_ms(&dobj, "fixedDelay") {
                 Some(fixed_delay) => f.delay = Some(FaultDelay { fixed_delay, percentage }),
-                None if !dobj.has("fixedDelay") => cx.err(dobj.at("fixedDelay"), "required"),
+                None if !dobj.has("fixedDelay") && !dobj.has("exponentialDelay") => {
+                    cx.err(dobj.at("fixedDelay"), "required")
+                }
                 None => {}
             }
         }
     }
     if let Some(a) = fo.get("abort") {
         let apath = fo.at("abort");
-        if let Some(aobj) = cx.object(&apath, a, &["httpStatus", "grpcStatus", "percentage"], &["http2Error"]) {
+        if let Some(aobj) = cx.object(&apath, a, &["httpStatus", "grpcStatus", "percentage", "http2Error"], &[]) {
             let percentage = fault_percentage(cx, &aobj);
             let status = match (aobj.get("httpStatus"), aobj.get("grpcStatus")) {
                 (Some(_), Some(_)) => {
@@ -509,7 +519,13 @@ fn fault(cx: &mut Ctx, o: &Obj) -> Option<HttpFault> {
                 }
                 (Some(h), None) => cx.int(&aobj.at("httpStatus"), h, 200, 599).map(|s| AbortStatus::Http(s as u16)),
                 (None, Some(g)) => grpc_status(cx, &aobj.at("grpcStatus"), g),
-                (None, None) if aobj.has("http2Error") => None,
+                (None, None) if aobj.has("http2Error") => {
+                    cx.err(
+                        aobj.at("http2Error"),
+                        "is not supported (Istio rejects it too); use httpStatus or grpcStatus",
+                    );
+                    None
+                }
                 (None, None) => {
                     cx.err(&apath, "one of httpStatus or grpcStatus is required");
                     None
@@ -626,6 +642,7 @@ fn tcp_route(cx: &mut Ctx, path: &str, v: &Value) -> TcpRoute {
         ) else {
             continue;
         };
+        shapes::check(cx, &mo, "sourceSubnet", shapes::string);
         r.matches.push(L4Match {
             destination_subnets: cidrs(cx, &mo, "destinationSubnets"),
             port: cx.opt_port(&mo, "port"),
@@ -656,6 +673,7 @@ fn tls_route(cx: &mut Ctx, path: &str, v: &Value, hosts: &[String]) -> TlsRoute 
         ) else {
             continue;
         };
+        shapes::check(cx, &mo, "sourceSubnet", shapes::string);
         let sni_hosts = cx.string_list(&mo, "sniHosts");
         if sni_hosts.is_empty() {
             cx.err(mo.at("sniHosts"), "at least one SNI host is required");
