@@ -64,9 +64,9 @@ impl Instance {
     }
 
     /// Whether a ServiceEntry's selector picks this instance (same tenant and namespace are the
-    /// caller's business, as for WorkloadEntries). An empty selector selects nothing.
+    /// caller's business, as for WorkloadEntries). An empty selector selects every instance.
     pub fn selected_by(&self, selector: &WorkloadSelector) -> bool {
-        !selector.labels.is_empty() && selector.matches(&self.labels)
+        selector.matches(&self.labels)
     }
 
     /// The instance in WorkloadEntry shape, so translation treats both alike.

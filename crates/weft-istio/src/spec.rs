@@ -200,8 +200,8 @@ impl fmt::Display for Cidr {
 }
 
 /// `workloadSelector: {labels: ...}`: which workloads (WorkloadEntries, registry instances,
-/// proxies) a resource applies to. Empty labels select nothing in a ServiceEntry and every
-/// workload of the namespace in a Sidecar/DestinationRule, as in Istio.
+/// proxies) a resource applies to. Empty labels select every workload of the namespace, as in
+/// Istio (which warns about it).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WorkloadSelector {
     pub labels: Labels,

@@ -837,7 +837,7 @@ mod registry_instances {
         };
         assert!(i.selected_by(&sel(&[("app", "inventory")])));
         assert!(!i.selected_by(&sel(&[("app", "inventory"), ("version", "v2")])));
-        assert!(!i.selected_by(&sel(&[])));
+        assert!(i.selected_by(&sel(&[])), "an empty selector selects the whole namespace, as in Istio");
     }
 
     #[test]
@@ -881,4 +881,33 @@ mod registry_instances {
             assert_eq!(got, want, "{input}");
         }
     }
+}
+
+/// Odd but valid resources that Istio accepts must be accepted too.
+#[test]
+fn what_istio_accepts_is_accepted() {
+    let docs = [
+        se("  hosts: [\"*-api.example.com\"]\n"),
+        se("  hosts: [app.internal]\n  workloadSelector: {}\n  resolution: STATIC\n"),
+        se("  hosts: [app.internal]\n  addresses: [10.1.0.0/16, \"2001:db8::/64\", \"2001:db8::1\"]\n  exportTo: [\"~\"]\n  ports:\n  - {number: 80, name: http}\n"),
+        se("  hosts: [api.example.com]\n  ports:\n  - {number: 443, name: https, protocol: http}\n  resolution: DNS\n  endpoints:\n  - address: eu.api.example.com\n  - address: 192.0.2.10\n"),
+        "apiVersion: networking.istio.io/v1alpha3\nkind: WorkloadEntry\nmetadata: {name: remote}\nspec: {network: net-2}\n".to_string(),
+        "apiVersion: networking.istio.io/v1alpha3\nkind: WorkloadEntry\nmetadata: {name: uds}\nspec: {address: \"unix:///var/run/app.sock\"}\n".to_string(),
+        "apiVersion: networking.istio.io/v1alpha3\nkind: WorkloadEntry\nmetadata: {name: abstract}\nspec: {address: \"unix://@app\"}\n".to_string(),
+        "apiVersion: networking.istio.io/v1alpha3\nkind: WorkloadEntry\nmetadata: {name: dns}\nspec: {address: vm1.example.com}\n".to_string(),
+        dr("  host: \"*.example.com\"\n  trafficPolicy:\n    connectionPool:\n      http:\n        http2KeepAlive: {interval: 15s, timeout: 5s}\n"),
+        dr("  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      warmup: {duration: 300s, minimumPercent: 5.0, aggression: 2.0}\n"),
+        sidecar("  workloadSelector: {}\n  egress:\n  - hosts: [\"*/*\"]\n"),
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec:\n  selector: {matchLabels: {app: a}}\n  mtls: {mode: PERMISSIVE}\n  portLevelMtls:\n    \"80\": {mode: STRICT}\n    8080: {mode: DISABLE}\n".to_string(),
+        "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: empty}\nspec: {selector: {}}\n".to_string(),
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {name: g}\nspec:\n  metadata: {labels: {app: a}}\n  template: {serviceAccount: sa, network: n}\n  probe: {tcpSocket: {port: 8080}, periodSeconds: 5}\n".to_string(),
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: ingress}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"shop/*.example.com\"]\n".to_string(),
+    ];
+    for doc in docs {
+        if let Err(e) = parse_yaml("ok.yaml", &doc) {
+            panic!("rejected:\n{doc}\n{e}");
+        }
+    }
+    let r = one(&dr("  host: reviews\n  trafficPolicy:\n    connectionPool:\n      http:\n        http2KeepAlive: {interval: 15s}\n"));
+    assert_eq!(r.not_applied, vec!["spec.trafficPolicy.connectionPool.http.http2KeepAlive"]);
 }

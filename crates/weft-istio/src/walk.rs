@@ -476,8 +476,9 @@ pub(crate) fn check_port_name(name: &str) -> Result<(), String> {
 }
 
 /// A host name as Istio's `ValidateWildcardDomain`: at most 255 bytes, DNS labels (letters,
-/// digits, `-`, any case), optionally starting with a `*` label (`*.example.com`), or `*` alone
-/// when `allow_star`. A trailing dot is not allowed.
+/// digits, `-`, any case); the first label may be a wildcard, `*` or a partial `*suffix`
+/// (`*.example.com`, `*-api.example.com`); `*` alone only when `allow_star`. A trailing dot is
+/// not allowed.
 pub(crate) fn check_host(h: &str, allow_star: bool) -> Result<(), String> {
     if h == "*" {
         return if allow_star { Ok(()) } else { Err("the wildcard host \"*\" is not allowed here".into()) };
@@ -488,17 +489,19 @@ pub(crate) fn check_host(h: &str, allow_star: bool) -> Result<(), String> {
     if h.len() > 255 {
         return Err(format!("host {h:?} is longer than 255 characters"));
     }
-    let rest = h.strip_prefix("*.").unwrap_or(h);
-    if rest.is_empty() {
-        return Err(format!("invalid host {h:?}"));
-    }
-    for label in rest.split('.') {
+    for (i, label) in h.split('.').enumerate() {
+        // A wildcard first label: `*` or `*` followed by the end of a DNS label.
+        let (label, wildcard) = match label.strip_prefix('*') {
+            Some(rest) if i == 0 => (rest, true),
+            _ => (label, false),
+        };
         let b = label.as_bytes();
-        let ok = !b.is_empty()
-            && b.len() <= 63
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
-            && b[0] != b'-'
-            && b[b.len() - 1] != b'-';
+        let ok = (wildcard && b.is_empty())
+            || (!b.is_empty()
+                && b.len() <= 63
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+                && (wildcard || b[0] != b'-')
+                && b[b.len() - 1] != b'-');
         if !ok {
             return Err(format!(
                 "invalid host {h:?} (DNS name with an optional leading \"*.\"; label {label:?} is not valid)"
@@ -562,6 +565,10 @@ mod tests {
             ("*", false, false),
             ("*", true, true),
             ("foo.*.com", false, false),
+            ("*x", false, true),
+            ("*-api.example.com", false, true),
+            ("**.example.com", false, false),
+            ("*.", false, false),
             ("exa mple.com", false, false),
             ("-bad.com", false, false),
             ("example.com.", false, false),

@@ -404,8 +404,14 @@ pub(super) fn connection_pool_at(cx: &mut Ctx, path: &str, v: &Value) -> Option<
                 "useClientProtocol",
                 "maxConcurrentStreams",
             ],
-            &[],
+            &["http2KeepAlive"],
         ) {
+            if let Some(k) = ho.get("http2KeepAlive") {
+                if let Some(ko) = cx.object(&ho.at("http2KeepAlive"), k, &["interval", "timeout"], &[]) {
+                    cx.opt_duration_ms(&ko, "interval");
+                    cx.opt_duration_ms(&ko, "timeout");
+                }
+            }
             let http = HttpSettings {
                 http1_max_pending_requests: nonneg(cx, &ho, "http1MaxPendingRequests"),
                 http2_max_requests: nonneg(cx, &ho, "http2MaxRequests"),

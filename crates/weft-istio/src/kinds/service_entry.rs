@@ -128,9 +128,6 @@ pub(super) fn service_entry(cx: &mut Ctx, v: &Value, meta: &ObjectMeta) -> Servi
     if se.workload_selector.is_some() && !se.endpoints.is_empty() {
         cx.err("spec", "only one of workloadSelector or endpoints may be set");
     }
-    if se.workload_selector.as_ref().is_some_and(|s| s.labels.is_empty()) {
-        cx.err(o.at("workloadSelector"), "labels are required");
-    }
     let has_cidr = se.addresses.iter().any(|c| c.prefix_len != if c.addr.is_ipv4() { 32 } else { 128 });
     match se.resolution {
         Resolution::None => {

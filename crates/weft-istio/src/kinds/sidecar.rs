@@ -23,9 +23,6 @@ pub(super) fn sidecar(cx: &mut Ctx, v: &Value, _meta: &ObjectMeta) -> Sidecar {
     let Some(o) = cx.object("spec", v, SIDECAR_FIELDS, SIDECAR_NOT_APPLIED) else { return sc };
     shapes::check(cx, &o, "inboundConnectionPool", shapes::connection_pool);
     sc.workload_selector = workload_selector(cx, &o, "workloadSelector");
-    if sc.workload_selector.as_ref().is_some_and(|s| s.labels.is_empty()) {
-        cx.err(o.at("workloadSelector"), "labels are required (omit workloadSelector to apply to the namespace)");
-    }
     if ["ingress", "egress", "outboundTrafficPolicy", "inboundConnectionPool"].iter().all(|k| !o.has(k)) {
         cx.err(
             "spec",
