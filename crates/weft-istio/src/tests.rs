@@ -888,6 +888,7 @@ mod registry_instances {
 fn what_istio_accepts_is_accepted() {
     let docs = [
         se("  hosts: [\"*-api.example.com\"]\n"),
+        vs("  hosts: [\"2001:db8::10\", 192.0.2.1]\n  gateways: [shop/ingress]\n  tcp:\n  - route:\n    - destination: {host: db.internal}\n"),
         se("  hosts: [app.internal]\n  workloadSelector: {}\n  resolution: STATIC\n"),
         se("  hosts: [app.internal]\n  addresses: [10.1.0.0/16, \"2001:db8::/64\", \"2001:db8::1\"]\n  exportTo: [\"~\"]\n  ports:\n  - {number: 80, name: http}\n"),
         se("  hosts: [api.example.com]\n  ports:\n  - {number: 443, name: https, protocol: http}\n  resolution: DNS\n  endpoints:\n  - address: eu.api.example.com\n  - address: 192.0.2.10\n"),

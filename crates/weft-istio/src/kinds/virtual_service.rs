@@ -108,9 +108,12 @@ pub(super) fn virtual_service(cx: &mut Ctx, v: &Value, meta: &ObjectMeta) -> Vir
         if h == "*" && to_mesh {
             cx.err(path, "the wildcard host \"*\" is not allowed for VirtualServices bound to the mesh");
             hosts_ok = false;
-        } else if let Err(m) = check_host(h, true) {
-            cx.err(path, m);
-            hosts_ok = false;
+        } else if h.parse::<std::net::IpAddr>().is_err() {
+            // Istio also allows IP addresses (meaningful for gateways).
+            if let Err(m) = check_host(h, true) {
+                cx.err(path, m);
+                hosts_ok = false;
+            }
         }
     }
     if hosts_ok {
