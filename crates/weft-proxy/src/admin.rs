@@ -82,13 +82,10 @@ async fn handle(
             reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.prometheus())
         }
         (Role::Admin, "/stats") => text(StatusCode::OK, shared.stats_text()),
-        (Role::Admin, "/config_dump") => {
-            let boot = shared.bootstrap.load();
-            match serde_json::to_string_pretty(&**boot) {
-                Ok(j) => reply(StatusCode::OK, "application/json", j),
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            }
-        }
+        (Role::Admin, "/config_dump") => match shared.config_dump() {
+            Ok(j) => reply(StatusCode::OK, "application/json", j),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
         (Role::Admin, "/clusters") => {
             if query(&req, "format") == Some("json") {
                 reply(StatusCode::OK, "application/json", shared.clusters_json())
@@ -144,6 +141,13 @@ impl Shared {
         let _ = writeln!(out, "server.config_reloads: {}", self.metrics.config_reloads_ok.get());
         let _ = writeln!(out, "server.config_reload_failures: {}", self.metrics.config_reloads_failed.get());
         let _ = writeln!(out, "server.draining: {}", u8::from(self.draining.load(Relaxed)));
+        for m in self.extra_metrics() {
+            // `weft_xds_updates_total{type="CDS"}` → `xds.updates_total.CDS`
+            let base = m.name.strip_prefix("weft_").unwrap_or(m.name).replacen('_', ".", 1);
+            let suffix: String =
+                m.labels.iter().filter(|(k, _)| *k != "server").map(|(_, v)| format!(".{v}")).collect();
+            let _ = writeln!(out, "{base}{suffix}: {}", m.value);
+        }
         let mut names: Vec<&String> = snap.clusters.keys().collect();
         names.sort();
         for n in names {

@@ -22,14 +22,16 @@ pub mod snapshot;
 pub mod tcp;
 pub mod worker;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use weft_config::{Bootstrap, ProxyConfig};
 
 use crate::accesslog::AccessLogger;
@@ -49,6 +51,61 @@ pub struct Options {
     /// Written atomically once listening: `{"admin": ADDR, "listeners": {NAME: ADDR}}`.
     pub ready_file: Option<PathBuf>,
     pub log_control: Option<LogControl>,
+    /// A dynamic config source (xDS). With one, the proxy is ready (and writes the ready file)
+    /// only once the source has applied its first config.
+    pub dynamic: Option<DynamicConfig>,
+}
+
+/// A dynamic source of traffic config, plugged in by the binary (weft proxy knows nothing of
+/// its protocol). It runs on the control runtime and applies configs through a
+/// [`ConfigHandle`], which takes the same path as a reload.
+pub struct DynamicConfig {
+    pub start: StartSource,
+    /// Its state, shown under `"xds"` in `/config_dump`.
+    pub dump: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// Its metrics, added to `/stats/prometheus` and `/stats`.
+    pub metrics: Arc<dyn Fn() -> Vec<ExtraMetric> + Send + Sync>,
+}
+
+/// Starts a dynamic config source: given the handle, the future that runs it.
+pub type StartSource = Box<dyn FnOnce(ConfigHandle) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// A metric sample from outside the proxy's registry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExtraMetric {
+    pub name: &'static str,
+    pub help: &'static str,
+    /// Counter (else gauge).
+    pub counter: bool,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: u64,
+}
+
+/// Why a config given to [`ConfigHandle::apply`] is not running.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("listener {name:?}: {message}")]
+    Listener { name: String, message: String },
+    #[error("the proxy is shutting down")]
+    Stopped,
+}
+
+type ApplyRequest = (Arc<ProxyConfig>, oneshot::Sender<Result<(), ApplyError>>);
+
+/// Applies configs to the running proxy from a dynamic source.
+#[derive(Clone)]
+pub struct ConfigHandle {
+    tx: mpsc::Sender<ApplyRequest>,
+}
+
+impl ConfigHandle {
+    /// Builds the snapshot, reconciles listeners and swaps, like a reload; on error nothing
+    /// changes. Waits for the control loop (which also handles signals and admin commands).
+    pub async fn apply(&self, config: Arc<ProxyConfig>) -> Result<(), ApplyError> {
+        let (done, result) = oneshot::channel();
+        self.tx.send((config, done)).await.map_err(|_| ApplyError::Stopped)?;
+        result.await.unwrap_or(Err(ApplyError::Stopped))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +140,8 @@ pub struct Shared {
     pub downstream_cx_active: AtomicU64,
     pub log_control: Option<LogControl>,
     listener_addrs: Mutex<Vec<(String, SocketAddr)>>,
+    dynamic_dump: Option<Arc<dyn Fn() -> serde_json::Value + Send + Sync>>,
+    dynamic_metrics: Option<Arc<dyn Fn() -> Vec<ExtraMetric> + Send + Sync>>,
 }
 
 impl Shared {
@@ -107,7 +166,27 @@ impl Shared {
         let snap = self.snapshot.load();
         let extra =
             [("weft_downstream_cx_active", "Open downstream connections", self.downstream_cx_active.load(Relaxed))];
-        self.metrics.render(&snap, &extra)
+        let mut more = String::new();
+        if let Some(m) = &self.dynamic_metrics {
+            render_extra(&mut more, &m());
+        }
+        self.metrics.render(&snap, &extra, &more)
+    }
+
+    /// The `/config_dump` document: node, admin, access log, traffic config, and the dynamic
+    /// source's state under `"xds"`.
+    pub fn config_dump(&self) -> Result<String, serde_json::Error> {
+        let boot = self.bootstrap.load();
+        let mut doc = serde_json::to_value(&**boot)?;
+        if let (Some(dump), serde_json::Value::Object(map)) = (&self.dynamic_dump, &mut doc) {
+            map.insert("xds".to_string(), dump());
+        }
+        serde_json::to_string_pretty(&doc)
+    }
+
+    /// The dynamic source's metrics (for `/stats`).
+    pub fn extra_metrics(&self) -> Vec<ExtraMetric> {
+        self.dynamic_metrics.as_ref().map(|m| m()).unwrap_or_default()
     }
 
     pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
@@ -128,7 +207,13 @@ pub fn run(boot: Bootstrap, opts: Options, reload: Option<Reloader>) -> Result<(
     control.block_on(run_async(boot, opts, reload, workers))
 }
 
-async fn run_async(boot: Bootstrap, opts: Options, reload: Option<Reloader>, workers: usize) -> Result<(), ProxyError> {
+async fn run_async(
+    boot: Bootstrap,
+    mut opts: Options,
+    reload: Option<Reloader>,
+    workers: usize,
+) -> Result<(), ProxyError> {
+    let dynamic = opts.dynamic.take();
     let access_log = AccessLogger::new(&boot.access_log).map_err(ProxyError::AccessLog)?;
     let (drain_tx, drain_rx) = watch::channel(false);
     let snap = Snapshot::build(boot.config.clone(), &Snapshot::empty()).await;
@@ -144,6 +229,8 @@ async fn run_async(boot: Bootstrap, opts: Options, reload: Option<Reloader>, wor
         downstream_cx_active: AtomicU64::new(0),
         log_control: opts.log_control.clone(),
         listener_addrs: Mutex::new(Vec::new()),
+        dynamic_dump: dynamic.as_ref().map(|d| d.dump.clone()),
+        dynamic_metrics: dynamic.as_ref().map(|d| d.metrics.clone()),
     });
 
     // Admin-style ports first, so a bad admin address fails the start before traffic flows.
@@ -186,11 +273,22 @@ async fn run_async(boot: Bootstrap, opts: Options, reload: Option<Reloader>, wor
     let mut listeners = ListenerManager::new(senders);
     listeners.reconcile(&boot.config.listeners).await?;
     *shared.listener_addrs.lock().unwrap_or_else(|e| e.into_inner()) = listeners.addresses();
-    shared.ready.store(true, Relaxed);
-    if let Some(path) = &opts.ready_file {
-        write_ready_file(path, admin_addr, &listeners.addresses())?;
+    // With a dynamic source, readiness waits for its first config.
+    let (apply_tx, mut apply_rx) = mpsc::channel::<ApplyRequest>(1);
+    match dynamic {
+        None => {
+            drop(apply_tx);
+            shared.ready.store(true, Relaxed);
+            if let Some(path) = &opts.ready_file {
+                write_ready_file(path, admin_addr, &listeners.addresses())?;
+            }
+            tracing::info!(workers, version = %boot.config.version, "weft proxy ready");
+        }
+        Some(d) => {
+            tokio::spawn((d.start)(ConfigHandle { tx: apply_tx }));
+            tracing::info!(workers, "weft proxy started; waiting for its first dynamic config");
+        }
     }
-    tracing::info!(workers, version = %boot.config.version, "weft proxy ready");
 
     let mut hup =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(ProxyError::Runtime)?;
@@ -222,6 +320,29 @@ async fn run_async(boot: Bootstrap, opts: Options, reload: Option<Reloader>, wor
                         tracing::error!(error = %e, "config reload rejected; the previous config keeps running");
                     }
                 }
+            }
+            Some((config, done)) = apply_rx.recv() => {
+                let result = match apply(&shared, &mut listeners, config.clone()).await {
+                    Ok(()) => {
+                        let mut b = (**shared.bootstrap.load()).clone();
+                        b.config = config;
+                        shared.bootstrap.store(Arc::new(b));
+                        if let Some(path) = &opts.ready_file {
+                            if let Err(e) = write_ready_file(path, admin_addr, &listeners.addresses()) {
+                                tracing::error!(error = %e, "cannot write the ready file");
+                            }
+                        }
+                        if !shared.ready.swap(true, Relaxed) {
+                            tracing::info!(workers, "weft proxy ready");
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        shared.metrics.config_reloads_failed.inc();
+                        Err(ApplyError::Listener { name: e.name.clone(), message: format!("cannot listen on {}: {}", e.addr, e.source) })
+                    }
+                };
+                let _ = done.send(result);
             }
             Some(cmd) = ctl_rx.recv() => match cmd {
                 ControlCmd::DrainListeners => {
@@ -290,4 +411,32 @@ fn write_ready_file(
     let err = |e| ProxyError::ReadyFile { path: path.display().to_string(), source: e };
     std::fs::write(&tmp, body.to_string()).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Prometheus text for samples from outside the registry, grouped by name.
+fn render_extra(out: &mut String, samples: &[ExtraMetric]) {
+    use std::fmt::Write as _;
+    let mut seen: Vec<&str> = Vec::new();
+    for m in samples {
+        if seen.contains(&m.name) {
+            continue;
+        }
+        seen.push(m.name);
+        let kind = if m.counter { "counter" } else { "gauge" };
+        // OpenMetrics names a counter family without its `_total` suffix.
+        let family = if m.counter { m.name.strip_suffix("_total").unwrap_or(m.name) } else { m.name };
+        let _ = writeln!(out, "# HELP {family} {}\n# TYPE {family} {kind}", m.help);
+        for s in samples.iter().filter(|s| s.name == m.name) {
+            let labels: Vec<String> = s
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
+                .collect();
+            if labels.is_empty() {
+                let _ = writeln!(out, "{} {}", s.name, s.value);
+            } else {
+                let _ = writeln!(out, "{}{{{}}} {}", s.name, labels.join(","), s.value);
+            }
+        }
+    }
 }

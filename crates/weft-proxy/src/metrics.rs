@@ -250,7 +250,8 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition: Istio metrics plus per-cluster internals.
-    pub fn render(&self, snap: &Snapshot, extra: &[(&str, &str, u64)]) -> String {
+    /// `more` is already-formatted text (metrics of a dynamic config source) placed before the end.
+    pub fn render(&self, snap: &Snapshot, extra: &[(&str, &str, u64)], more: &str) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         // `encode` ends with "# EOF"; internals go before it.
@@ -319,6 +320,7 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{cluster_name=\"{}\"}} {}", escape(&c.cfg.name), f(c));
             }
         }
+        out.push_str(more);
         out.push_str("# EOF\n");
         out
     }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::{reload, EnvFilter};
 
 mod demo;
+mod xds;
 
 /// EX_USAGE from sysexits.h: bad configuration or arguments.
 const EXIT_USAGE: u8 = 64;
@@ -53,9 +54,32 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct ProxyArgs {
-    /// Static config file (YAML; see docs/proxy-config.md).
-    #[arg(long, short = 'c')]
-    config: PathBuf,
+    /// Static config file (YAML; see docs/proxy-config.md). Required without `--xds`; with it,
+    /// optional: node, admin, access log and static resources still come from it.
+    #[arg(long, short = 'c', required_unless_present = "xds")]
+    config: Option<PathBuf>,
+    /// Take listeners, routes, clusters and endpoints from this ADS server (`HOST:PORT`), e.g.
+    /// `weft control` on 127.0.0.1:15010 (see docs/proxy.md, xDS mode).
+    #[arg(long, value_name = "ADDR", requires = "node_id")]
+    xds: Option<String>,
+    /// xDS protocol variant: `delta` (falls back to `sotw` when the server lacks it) or `sotw`.
+    #[arg(long, value_parser = ["delta", "sotw"], default_value = "delta", requires = "xds")]
+    xds_protocol: String,
+    /// The xDS node id, Istio style: `sidecar~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local`.
+    #[arg(long, requires = "xds")]
+    node_id: Option<String>,
+    /// Namespace of this workload (node metadata NAMESPACE; default: from the node id).
+    #[arg(long, requires = "xds")]
+    namespace: Option<String>,
+    /// Workload labels `k=v,k=v` (node metadata LABELS).
+    #[arg(long, value_delimiter = ',', requires = "xds")]
+    labels: Vec<String>,
+    /// Workload addresses `IP,IP` (node metadata INSTANCE_IPS).
+    #[arg(long, value_delimiter = ',', requires = "xds")]
+    instance_ips: Vec<std::net::IpAddr>,
+    /// Tenant of this workload (node metadata TENANT; default: `default`).
+    #[arg(long, requires = "xds")]
+    tenant: Option<String>,
     /// Worker threads, each with its own event loop and connection pools.
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
@@ -113,22 +137,48 @@ fn main() -> ExitCode {
 }
 
 fn run_proxy(a: ProxyArgs, log_control: weft_proxy::LogControl) -> ExitCode {
-    let boot = match weft_config::load_file(&a.config) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("weft: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let boot = match &a.config {
+        Some(path) => match weft_config::load_file(path) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("weft: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        None => weft_config::Bootstrap {
+            node: weft_config::Node::default(),
+            admin: weft_config::AdminConfig::default(),
+            access_log: weft_config::AccessLog::Off,
+            config: Arc::new(weft_config::ProxyConfig::default()),
+        },
     };
     if a.concurrency == 0 || a.concurrency > 256 {
         eprintln!("weft: --concurrency must be between 1 and 256");
         return ExitCode::from(EXIT_USAGE);
     }
-    let path = a.config.clone();
-    let reload: weft_proxy::Reloader = Box::new(move || weft_config::load_file(&path).map_err(|e| e.to_string()));
-    let opts =
-        weft_proxy::Options { concurrency: a.concurrency, ready_file: a.ready_file, log_control: Some(log_control) };
-    match weft_proxy::run(boot, opts, Some(reload)) {
+    let (boot, dynamic, reload) = match &a.xds {
+        Some(server) => match xds::setup(&a, server, boot) {
+            Ok((boot, dynamic)) => (boot, Some(dynamic), None),
+            Err(e) => {
+                eprintln!("weft: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        None => {
+            // Without --xds the config file is required (clap checks it).
+            let Some(path) = a.config.clone() else { return ExitCode::from(EXIT_USAGE) };
+            let reload: weft_proxy::Reloader =
+                Box::new(move || weft_config::load_file(&path).map_err(|e| e.to_string()));
+            (boot, None, Some(reload))
+        }
+    };
+    let opts = weft_proxy::Options {
+        concurrency: a.concurrency,
+        ready_file: a.ready_file,
+        log_control: Some(log_control),
+        dynamic,
+    };
+    match weft_proxy::run(boot, opts, reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weft: {e}");

@@ -18,6 +18,7 @@ use super::common::*;
 use super::listener::FAULT;
 
 const FILTER_CONFIG: &str = "envoy.config.route.v3.FilterConfig";
+const PREVIOUS_PRIORITIES: &str = "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig";
 const PREVIOUS_HOSTS: &str = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
 
 /// Converts an RDS resource.
@@ -380,8 +381,19 @@ fn weighted(ctx: &Ctx, f: &str, w: &pb::WeightedCluster) -> R<ClusterSpecifier> 
 }
 
 pub(crate) fn retry_policy(ctx: &Ctx, f: &str, r: &pb::RetryPolicy) -> R<RetryPolicy> {
-    let checks: [(bool, &str); 4] = [
-        (r.retry_priority.is_some(), "retry_priority"),
+    if let Some(p) = &r.retry_priority {
+        use pb::retry_policy::retry_priority::ConfigType as C;
+        let kind = match &p.config_type {
+            Some(C::TypedConfig(any)) => type_name(&any.type_url),
+            None => p.name.as_str(),
+        };
+        // Istio adds this with locality failover. weft approximates it: a retry avoids the hosts
+        // already tried (and so moves on to the next priority once a level's hosts are used up).
+        if kind != PREVIOUS_PRIORITIES && kind != "envoy.retry_priorities.previous_priorities" {
+            return Err(ctx.err(format!("{f}.retry_priority"), format!("{kind:?} is not supported")));
+        }
+    }
+    let checks: [(bool, &str); 3] = [
         (r.rate_limited_retry_back_off.is_some(), "rate_limited_retry_back_off"),
         (!r.retriable_request_headers.is_empty(), "retriable_request_headers"),
         (!r.retry_options_predicates.is_empty(), "retry_options_predicates"),

@@ -1,0 +1,219 @@
+//! The control plane's state: the store, the mesh currently served, and the loops that keep the
+//! second in step with the first.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use weft_ads::{AdsOptions, AdsServer, Source};
+use weft_istio::Resource;
+use weft_store::Store;
+use weft_translate::{Input, Mesh};
+use weft_xds::{NodeInfo, ResourceSet};
+
+use crate::Options;
+
+/// The mesh being served and what was learned building it.
+pub struct View {
+    pub revision: u64,
+    pub mesh: Arc<Mesh>,
+    pub resources: Vec<Arc<Resource>>,
+    pub warnings: Vec<String>,
+    /// Distinct service hosts (per tenant) declared by ServiceEntries.
+    pub services: usize,
+}
+
+pub struct Plane {
+    store: Store,
+    ads: AdsServer,
+    view: ArcSwap<View>,
+    opts: Options,
+    rebuilds: AtomicU64,
+}
+
+struct MeshSource(Arc<Mesh>);
+
+impl Source for MeshSource {
+    fn generate(&self, node: &NodeInfo) -> Arc<ResourceSet> {
+        Arc::new(self.0.generate(node))
+    }
+}
+
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Plane {
+    pub fn new(store: Store, opts: Options) -> Plane {
+        let (empty, _) = Mesh::build(Input::default());
+        let empty = Arc::new(empty);
+        let ads = AdsServer::new(Arc::new(MeshSource(empty.clone())), AdsOptions::default());
+        Plane {
+            store,
+            ads,
+            view: ArcSwap::from_pointee(View {
+                revision: 0,
+                mesh: empty,
+                resources: Vec::new(),
+                warnings: Vec::new(),
+                services: 0,
+            }),
+            opts,
+            rebuilds: AtomicU64::new(0),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn ads(&self) -> &AdsServer {
+        &self.ads
+    }
+
+    pub fn view(&self) -> Arc<View> {
+        self.view.load_full()
+    }
+
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds.load(Relaxed)
+    }
+
+    /// Rebuilds the mesh from the store and publishes it (the work runs on the blocking pool).
+    pub async fn rebuild_now(self: &Arc<Self>) {
+        let me = self.clone();
+        let started = Instant::now();
+        let built = tokio::task::spawn_blocking(move || me.build()).await;
+        match built {
+            Ok(Ok(view)) => {
+                let view = Arc::new(view);
+                self.ads.publish(Arc::new(MeshSource(view.mesh.clone())));
+                tracing::info!(
+                    revision = view.revision,
+                    resources = view.resources.len(),
+                    warnings = view.warnings.len(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "mesh rebuilt"
+                );
+                self.view.store(view);
+                self.rebuilds.fetch_add(1, Relaxed);
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "rebuild failed; still serving the previous mesh"),
+            Err(e) => tracing::error!(error = %e, "rebuild task failed; still serving the previous mesh"),
+        }
+    }
+
+    /// Reads everything from the store and translates it. Pure apart from VIP allocation, which
+    /// is persisted so addresses stay stable across rebuilds and restarts.
+    fn build(&self) -> Result<View, weft_store::StoreError> {
+        let revision = self.store.revision()?;
+        let mut resources = Vec::new();
+        let mut warnings = Vec::new();
+        for obj in self.store.list(None)? {
+            let mut body = obj.body;
+            // The store's creation time orders conflicting VirtualServices (Istio's rule).
+            if let Some(meta) = body.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                meta.entry("creationTimestamp").or_insert_with(|| serde_json::Value::String(obj.created_at.clone()));
+                meta.insert("resourceVersion".into(), serde_json::Value::String(obj.revision.to_string()));
+            }
+            match weft_istio::from_json("store", body) {
+                Ok(r) => resources.push(Arc::new(r)),
+                Err(e) => warnings.push(format!("{}: skipped, no longer valid: {e}", obj.key)),
+            }
+        }
+        let mut instances = Vec::new();
+        for inst in self.store.list_instances()? {
+            match serde_json::from_value::<weft_istio::registry::Instance>(inst.body) {
+                Ok(i) => instances.push(i),
+                Err(e) => warnings.push(format!("instance {}: skipped: {e}", inst.key)),
+            }
+        }
+        let wanted = Mesh::hosts_needing_vips(&resources);
+        let vips = self.store.allocate_vips(&wanted)?;
+        let keep: BTreeSet<(String, String)> = wanted.into_iter().collect();
+        self.store.release_vips(&keep)?;
+        let vips = vips.into_iter().map(|(k, v)| (k, std::net::IpAddr::V4(v))).collect();
+        let input = Input { resources: resources.clone(), instances, vips, options: Default::default() };
+        let (mesh, mesh_warnings) = Mesh::build(input);
+        warnings.extend(mesh_warnings.iter().map(|w| w.to_string()));
+        let services: BTreeSet<(&str, &str)> = resources
+            .iter()
+            .filter_map(|r| match &r.spec {
+                weft_istio::Spec::ServiceEntry(se) => Some(se.hosts.iter().map(move |h| (r.tenant(), h.as_str()))),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let services = services.len();
+        Ok(View { revision, mesh: Arc::new(mesh), resources, warnings, services })
+    }
+
+    /// Rebuilds after every store change, once the store has been quiet for `debounce` (or at
+    /// most `max_debounce` after the first change of a burst).
+    pub async fn rebuild_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut changes = self.store.watch();
+        loop {
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                _ = crate::stopped(&mut stop) => return,
+            }
+            let first = Instant::now();
+            loop {
+                let quiet = tokio::time::sleep(self.opts.debounce);
+                let deadline = self.opts.max_debounce.saturating_sub(first.elapsed());
+                tokio::select! {
+                    r = changes.changed() => {
+                        if r.is_err() { return }
+                        if deadline.is_zero() { break }
+                    }
+                    _ = quiet => break,
+                    _ = tokio::time::sleep(deadline) => break,
+                }
+            }
+            changes.borrow_and_update();
+            if *changes.borrow() == self.view.load().revision {
+                continue;
+            }
+            self.rebuild_now().await;
+        }
+    }
+
+    /// Removes instances whose lease ran out (their host stopped renewing).
+    pub async fn lease_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.opts.lease_sweep);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = crate::stopped(&mut stop) => return,
+            }
+            let store = self.store.clone();
+            match tokio::task::spawn_blocking(move || store.expire_leases(now_unix_ms())).await {
+                Ok(Ok(gone)) => {
+                    for key in gone {
+                        tracing::info!(instance = %key, "lease expired; instance removed");
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "lease sweep failed"),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Runs blocking store work off the async threads.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, weft_store::StoreError> + Send + 'static,
+    ) -> Result<T, String> {
+        let store = self.store.clone();
+        match tokio::time::timeout(Duration::from_secs(30), tokio::task::spawn_blocking(move || f(&store))).await {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Err(e)) => Err(format!("store task failed: {e}")),
+            Err(_) => Err("store did not answer within 30s".to_string()),
+        }
+    }
+}

@@ -1,0 +1,637 @@
+//! The ADS client against a tiny in-test ADS server (tonic, loopback): delta and state of the
+//! world, ACK/NACK with versions and nonces, subscriptions that follow the resources, the
+//! fallback to state of the world, and resynchronisation after the server restarts.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3 as cl;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as ep;
+use envoy_types::pb::envoy::config::listener::v3 as li;
+use envoy_types::pb::envoy::config::route::v3 as rt;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use envoy_types::pb::google::protobuf::Any;
+use futures_util::Stream;
+use prost::{Message, Name};
+use tokio::sync::{mpsc, watch};
+use weft_config::{ProxyConfig, RouteSource};
+use weft_xds::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use weft_xds_client::{ApplyError, Options, Protocol, Status};
+
+// ---- a tiny ADS server ------------------------------------------------------------------------
+
+/// What a client sent, as the tests look at it.
+#[derive(Clone, Debug)]
+struct Seen {
+    type_url: String,
+    nonce: String,
+    error: Option<String>,
+    /// Delta: subscribed names; SotW: resource_names.
+    names: Vec<String>,
+    unsubscribed: Vec<String>,
+    initial_versions: BTreeMap<String, String>,
+    version_info: String,
+    has_node: bool,
+}
+
+#[derive(Default)]
+struct State {
+    resources: BTreeMap<String, BTreeMap<String, Any>>,
+    seen: Vec<Seen>,
+    no_delta: bool,
+}
+
+#[derive(Clone)]
+struct Ads {
+    state: Arc<Mutex<State>>,
+    changed: watch::Sender<u64>,
+    stop: watch::Sender<bool>,
+}
+
+fn version_of(a: &Any) -> String {
+    format!("{:x}", a.value.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3)))
+}
+
+impl Ads {
+    fn new() -> Ads {
+        Ads { state: Default::default(), changed: watch::channel(0).0, stop: watch::channel(false).0 }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+
+    fn set<M: Message + Name>(&self, name: &str, msg: &M) {
+        let any = Any { type_url: M::type_url(), value: msg.encode_to_vec() };
+        self.lock().resources.entry(M::type_url()).or_default().insert(name.to_string(), any);
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    fn remove(&self, type_url: &str, name: &str) {
+        if let Some(m) = self.lock().resources.get_mut(type_url) {
+            m.remove(name);
+        }
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.lock().seen.clone()
+    }
+
+    /// Serves on `addr` (port 0 for any) until [`Ads::shutdown`]; returns the bound address.
+    async fn serve(&self, addr: SocketAddr) -> SocketAddr {
+        self.stop.send_replace(false);
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the ADS server");
+        let local = listener.local_addr().unwrap();
+        let mut stop = self.stop.subscribe();
+        let svc = AggregatedDiscoveryServiceServer::new(self.clone());
+        tokio::spawn(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+        local
+    }
+
+    /// Ends every stream and stops listening.
+    fn shutdown(&self) {
+        self.stop.send_replace(true);
+    }
+
+    fn snapshot(&self, type_url: &str) -> BTreeMap<String, Any> {
+        self.lock().resources.get(type_url).cloned().unwrap_or_default()
+    }
+}
+
+type Out<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+fn out_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> Out<T> {
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (Ok(m), rx)) }))
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = Out<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = Out<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        req: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
+        let mut input = req.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let ads = self.clone();
+        tokio::spawn(async move {
+            let (mut changed, mut stop) = (ads.changed.subscribe(), ads.stop.subscribe());
+            // type → (subscribed names, last version_info sent)
+            let mut subs: HashMap<String, (Vec<String>, Option<String>)> = HashMap::new();
+            let mut nonce = 0u64;
+            loop {
+                tokio::select! {
+                    m = input.message() => {
+                        let Ok(Some(r)) = m else { return };
+                        ads.lock().seen.push(Seen {
+                            type_url: r.type_url.clone(),
+                            nonce: r.response_nonce.clone(),
+                            error: r.error_detail.as_ref().map(|e| e.message.clone()),
+                            names: r.resource_names.clone(),
+                            unsubscribed: vec![],
+                            initial_versions: BTreeMap::new(),
+                            version_info: r.version_info.clone(),
+                            has_node: r.node.is_some(),
+                        });
+                        let e = subs.entry(r.type_url.clone()).or_default();
+                        if e.0 != r.resource_names || r.response_nonce.is_empty() {
+                            e.0 = r.resource_names.clone();
+                            e.1 = None;
+                        }
+                    }
+                    _ = changed.changed() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                for (ty, (names, sent)) in subs.iter_mut() {
+                    let all = ads.snapshot(ty);
+                    let chosen: Vec<Any> = all
+                        .iter()
+                        .filter(|(n, _)| names.is_empty() || names.contains(n))
+                        .map(|(_, a)| a.clone())
+                        .collect();
+                    let version = chosen.iter().map(version_of).collect::<Vec<_>>().join(".");
+                    if sent.as_deref() == Some(version.as_str()) {
+                        continue;
+                    }
+                    *sent = Some(version.clone());
+                    nonce += 1;
+                    let resp = DiscoveryResponse {
+                        version_info: format!("v-{version}"),
+                        resources: chosen,
+                        type_url: ty.clone(),
+                        nonce: nonce.to_string(),
+                        ..Default::default()
+                    };
+                    if tx.send(resp).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(out_stream(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        req: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
+        if self.lock().no_delta {
+            return Err(tonic::Status::unimplemented("no delta here"));
+        }
+        let mut input = req.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let ads = self.clone();
+        tokio::spawn(async move {
+            let (mut changed, mut stop) = (ads.changed.subscribe(), ads.stop.subscribe());
+            // type → (wildcard, names, versions the client has)
+            let mut subs: HashMap<String, (bool, BTreeSet<String>, BTreeMap<String, String>)> = HashMap::new();
+            let mut nonce = 0u64;
+            loop {
+                tokio::select! {
+                    m = input.message() => {
+                        let Ok(Some(r)) = m else { return };
+                        ads.lock().seen.push(Seen {
+                            type_url: r.type_url.clone(),
+                            nonce: r.response_nonce.clone(),
+                            error: r.error_detail.as_ref().map(|e| e.message.clone()),
+                            names: r.resource_names_subscribe.clone(),
+                            unsubscribed: r.resource_names_unsubscribe.clone(),
+                            initial_versions: r.initial_resource_versions.clone().into_iter().collect(),
+                            version_info: String::new(),
+                            has_node: r.node.is_some(),
+                        });
+                        let first = !subs.contains_key(&r.type_url);
+                        let e = subs.entry(r.type_url.clone()).or_default();
+                        if first {
+                            e.0 = r.resource_names_subscribe.is_empty();
+                            e.2 = r.initial_resource_versions.clone().into_iter().collect();
+                        }
+                        e.1.extend(r.resource_names_subscribe.iter().cloned());
+                        for n in &r.resource_names_unsubscribe {
+                            e.1.remove(n);
+                            e.2.remove(n);
+                        }
+                    }
+                    _ = changed.changed() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                for (ty, (wildcard, names, known)) in subs.iter_mut() {
+                    let all = ads.snapshot(ty);
+                    let mut resources = Vec::new();
+                    for (n, a) in all.iter().filter(|(n, _)| *wildcard || names.contains(*n)) {
+                        let v = version_of(a);
+                        if known.get(n) != Some(&v) {
+                            known.insert(n.clone(), v.clone());
+                            resources.push(Resource {
+                                name: n.clone(),
+                                version: v,
+                                resource: Some(a.clone()),
+                                ..Default::default()
+                            });
+                        }
+                    }
+                    let removed: Vec<String> = known.keys().filter(|n| !all.contains_key(*n)).cloned().collect();
+                    for n in &removed {
+                        known.remove(n);
+                    }
+                    if resources.is_empty() && removed.is_empty() {
+                        continue;
+                    }
+                    nonce += 1;
+                    let resp = DeltaDiscoveryResponse {
+                        resources,
+                        removed_resources: removed,
+                        type_url: ty.clone(),
+                        nonce: nonce.to_string(),
+                        ..Default::default()
+                    };
+                    if tx.send(resp).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(out_stream(rx)))
+    }
+}
+
+// ---- resources --------------------------------------------------------------------------------
+
+fn any<M: Message + Name>(m: &M) -> Any {
+    Any { type_url: M::type_url(), value: m.encode_to_vec() }
+}
+
+fn sock(ip: &str, port: u32) -> Option<core::Address> {
+    Some(core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: ip.into(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    })
+}
+
+fn ads_source() -> Option<core::ConfigSource> {
+    Some(core::ConfigSource {
+        resource_api_version: 2,
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(Default::default())),
+        ..Default::default()
+    })
+}
+
+fn eds_cluster(name: &str) -> cl::Cluster {
+    cl::Cluster {
+        name: name.into(),
+        cluster_discovery_type: Some(cl::cluster::ClusterDiscoveryType::Type(cl::cluster::DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(cl::cluster::EdsClusterConfig {
+            eds_config: ads_source(),
+            service_name: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn bad_cluster(name: &str) -> cl::Cluster {
+    cl::Cluster {
+        transport_socket: Some(core::TransportSocket { name: "envoy.transport_sockets.tls".into(), config_type: None }),
+        ..eds_cluster(name)
+    }
+}
+
+fn assignment(name: &str, port: u32) -> ep::ClusterLoadAssignment {
+    ep::ClusterLoadAssignment {
+        cluster_name: name.into(),
+        endpoints: vec![ep::LocalityLbEndpoints {
+            lb_endpoints: vec![ep::LbEndpoint {
+                host_identifier: Some(ep::lb_endpoint::HostIdentifier::Endpoint(ep::Endpoint {
+                    address: sock("127.0.0.1", port),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn listener(name: &str, route: &str) -> li::Listener {
+    let h = hcm::HttpConnectionManager {
+        stat_prefix: name.into(),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+            config_source: ads_source(),
+            route_config_name: route.into(),
+        })),
+        http_filters: vec![hcm::HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(&Router::default()))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    li::Listener {
+        name: name.into(),
+        address: sock("127.0.0.1", 0),
+        filter_chains: vec![li::FilterChain {
+            filters: vec![li::Filter {
+                name: "hcm".into(),
+                config_type: Some(li::filter::ConfigType::TypedConfig(any(&h))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn route(name: &str, cluster: &str) -> rt::RouteConfiguration {
+    rt::RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![rt::VirtualHost {
+            name: "all".into(),
+            domains: vec!["*".into()],
+            routes: vec![rt::Route {
+                r#match: Some(rt::RouteMatch {
+                    path_specifier: Some(rt::route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(rt::route::Action::Route(rt::RouteAction {
+                    cluster_specifier: Some(rt::route_action::ClusterSpecifier::Cluster(cluster.into())),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A mesh with one listener → route "r1" → EDS cluster "c1" (endpoint port `port`).
+fn publish(ads: &Ads, port: u32) {
+    ads.set("c1", &eds_cluster("c1"));
+    ads.set("c1", &assignment("c1", port));
+    ads.set("l1", &listener("l1", "r1"));
+    ads.set("r1", &route("r1", "c1"));
+}
+
+// ---- the client under test ------------------------------------------------------------------
+
+/// Configs the client applied, newest last.
+#[derive(Clone, Default)]
+struct Applied(Arc<Mutex<Vec<Arc<ProxyConfig>>>>);
+
+impl Applied {
+    fn last(&self) -> Option<Arc<ProxyConfig>> {
+        self.0.lock().unwrap().last().cloned()
+    }
+    fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+fn start_client(server: SocketAddr, protocol: Protocol, refuse: Option<&'static str>) -> (Applied, Arc<Status>) {
+    let node = weft_xds_client::node(
+        "sidecar~127.0.0.1~test.default~default.svc.cluster.local",
+        None,
+        &BTreeMap::new(),
+        &[],
+        None,
+    )
+    .unwrap();
+    let mut opts = Options::new(&server.to_string(), node, Arc::new(ProxyConfig::default()));
+    opts.protocol = protocol;
+    opts.backoff_min = Duration::from_millis(50);
+    opts.backoff_max = Duration::from_millis(200);
+    opts.initial_fetch_timeout = Duration::from_secs(10);
+    let status = Arc::new(Status::new(&server.to_string(), "test", protocol));
+    let applied = Applied::default();
+    let sink = applied.clone();
+    tokio::spawn(weft_xds_client::run(opts, status.clone(), move |cfg: Arc<ProxyConfig>| {
+        let sink = sink.clone();
+        async move {
+            // Simulates a listener the proxy cannot bind.
+            if let Some(bad) = refuse {
+                if cfg.listeners.iter().any(|l| l.name == bad) {
+                    return Err(ApplyError::Listener { name: bad.into(), message: "address in use".into() });
+                }
+            }
+            sink.0.lock().unwrap().push(cfg);
+            Ok(())
+        }
+    }));
+    (applied, status)
+}
+
+/// Polls (every 10 ms, at most 10 s) until `f` holds.
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn endpoint_port(cfg: &ProxyConfig, cluster: &str) -> Option<u16> {
+    let c = cfg.clusters.get(cluster)?;
+    match &c.localities.first()?.endpoints.first()?.address {
+        weft_config::EndpointAddress::Socket(a) => Some(a.port()),
+        _ => None,
+    }
+}
+
+// ---- tests ------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn delta_applies_a_complete_config_then_follows_updates_and_nacks_bad_resources_alone() {
+    let ads = Ads::new();
+    publish(&ads, 8001);
+    let addr = ads.serve("127.0.0.1:0".parse().unwrap()).await;
+    let (applied, status) = start_client(addr, Protocol::Delta, None);
+
+    // The first config is applied only once it is complete: listener, its routes, the
+    // cluster and its endpoints.
+    eventually("first config", || applied.count() > 0).await;
+    let first = applied.last().unwrap();
+    assert_eq!(first.listeners.len(), 1);
+    assert!(first.route_configs.contains_key("r1"));
+    assert_eq!(endpoint_port(&first, "c1"), Some(8001));
+    let routes = match &first.listeners[0].filter_chains[0].action {
+        weft_config::ChainAction::Http(h) => h.routes.clone(),
+        _ => panic!("http chain"),
+    };
+    assert_eq!(routes, RouteSource::Named("r1".into()));
+    assert!(status.ready());
+
+    // Wildcard CDS/LDS (empty subscription), named EDS/RDS; node only on the first request.
+    let seen = ads.seen();
+    assert!(seen[0].has_node && seen.iter().skip(1).all(|s| !s.has_node), "{seen:?}");
+    let first_of = |t: &str| seen.iter().find(|s| s.type_url == t).cloned().unwrap();
+    assert!(first_of(CLUSTER).names.is_empty() && first_of(LISTENER).names.is_empty());
+    assert_eq!(first_of(ENDPOINT).names, vec!["c1".to_string()]);
+    assert_eq!(first_of(ROUTE).names, vec!["r1".to_string()]);
+    // Every response is acknowledged with its nonce, without error.
+    eventually("ACKs", || ads.seen().iter().filter(|s| !s.nonce.is_empty()).count() >= 4).await;
+    assert!(ads.seen().iter().all(|s| s.error.is_none()));
+
+    // Endpoints move.
+    ads.set("c1", &assignment("c1", 8002));
+    eventually("new endpoint", || applied.last().and_then(|c| endpoint_port(&c, "c1")) == Some(8002)).await;
+
+    // A bad cluster is NACKed alone; its last good version keeps serving, other changes apply.
+    let before = applied.count();
+    ads.set("c1", &bad_cluster("c1"));
+    ads.set("c2", &eds_cluster("c2"));
+    ads.set("c2", &assignment("c2", 8003));
+    eventually("NACK", || ads.seen().iter().any(|s| s.error.is_some())).await;
+    let nack = ads.seen().into_iter().find(|s| s.error.is_some()).unwrap();
+    assert_eq!(nack.type_url, CLUSTER);
+    assert_eq!(nack.error.as_deref(), Some(r#"Cluster "c1": transport_socket: not supported"#));
+    eventually("c2 applied", || applied.last().is_some_and(|c| endpoint_port(&c, "c2") == Some(8003))).await;
+    let cfg = applied.last().unwrap();
+    assert_eq!(endpoint_port(&cfg, "c1"), Some(8002), "the old c1 keeps serving");
+    assert!(applied.count() > before);
+    let dump = status.dump();
+    assert_eq!(dump["rejected"][0]["name"], "c1", "{dump}");
+    assert!(status.metrics().iter().any(|m| m.name == "weft_xds_rejects_total" && m.value == 1));
+
+    // Removing the cluster unsubscribes its endpoints.
+    ads.remove(CLUSTER, "c2");
+    eventually("c2 gone", || applied.last().is_some_and(|c| !c.clusters.contains_key("c2"))).await;
+    eventually("EDS unsubscribe", || {
+        ads.seen().iter().any(|s| s.type_url == ENDPOINT && s.unsubscribed == vec!["c2".to_string()])
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn after_a_restart_the_client_resyncs_with_the_versions_it_holds() {
+    let ads = Ads::new();
+    publish(&ads, 8001);
+    let addr = ads.serve("127.0.0.1:0".parse().unwrap()).await;
+    let (applied, status) = start_client(addr, Protocol::Delta, None);
+    eventually("first config", || applied.count() > 0).await;
+    eventually("connected", || status.connected()).await;
+
+    ads.shutdown();
+    eventually("disconnected", || !status.connected()).await;
+    let count = applied.count();
+    let requests_before = ads.seen().len();
+
+    // Same port, one endpoint changed while the client was away.
+    ads.set("c1", &assignment("c1", 8009));
+    ads.serve(addr).await;
+    eventually("resynced endpoint", || applied.last().and_then(|c| endpoint_port(&c, "c1")) == Some(8009)).await;
+    assert!(applied.count() > count);
+    let reopened: Vec<Seen> = ads.seen().into_iter().skip(requests_before).collect();
+    let cds = reopened.iter().find(|s| s.type_url == CLUSTER).expect("CDS after reconnect");
+    assert!(cds.has_node);
+    assert!(cds.initial_versions.contains_key("c1"), "{cds:?}");
+    let eds = reopened.iter().find(|s| s.type_url == ENDPOINT).expect("EDS after reconnect");
+    assert_eq!(eds.names, vec!["c1".to_string()]);
+    assert!(eds.initial_versions.contains_key("c1"), "{eds:?}");
+    assert!(status.metrics().iter().any(|m| m.name == "weft_xds_connects_total" && m.value >= 2));
+}
+
+#[tokio::test]
+async fn state_of_the_world_works_and_is_the_fallback_when_delta_is_unimplemented() {
+    let ads = Ads::new();
+    ads.lock().no_delta = true;
+    publish(&ads, 8001);
+    let addr = ads.serve("127.0.0.1:0".parse().unwrap()).await;
+    let (applied, status) = start_client(addr, Protocol::Delta, None);
+    eventually("first config", || applied.count() > 0).await;
+    assert_eq!(status.dump()["protocol"], "sotw");
+    assert_eq!(endpoint_port(&applied.last().unwrap(), "c1"), Some(8001));
+
+    // ACKs carry the response's version_info and nonce; EDS/RDS requests name their resources.
+    eventually("EDS ACK", || {
+        ads.seen().iter().any(|s| s.type_url == ENDPOINT && !s.nonce.is_empty() && s.version_info.starts_with("v-"))
+    })
+    .await;
+    let seen = ads.seen();
+    assert!(seen.iter().filter(|s| s.type_url == ROUTE).all(|s| s.names == vec!["r1".to_string()]));
+
+    // A bad listener is NACKed with the previous version_info; the rest of the response applies.
+    let good_version =
+        seen.iter().rev().find(|s| s.type_url == LISTENER && !s.nonce.is_empty()).unwrap().version_info.clone();
+    let mut bad = listener("l2", "r1");
+    bad.bind_to_port = Some(Default::default());
+    ads.set("l2", &bad);
+    ads.set("l3", &listener("l3", "r1"));
+    eventually("LDS NACK", || ads.seen().iter().any(|s| s.type_url == LISTENER && s.error.is_some())).await;
+    let nack = ads.seen().into_iter().find(|s| s.type_url == LISTENER && s.error.is_some()).unwrap();
+    assert_eq!(nack.version_info, good_version);
+    assert!(nack.error.as_deref().unwrap().starts_with(r#"Listener "l2": bind_to_port"#), "{nack:?}");
+    eventually("l3 applied", || applied.last().is_some_and(|c| c.listeners.iter().any(|l| l.name == "l3"))).await;
+
+    // Removing a listener from the state of the world removes it.
+    ads.remove(LISTENER, "l3");
+    eventually("l3 removed", || applied.last().is_some_and(|c| !c.listeners.iter().any(|l| l.name == "l3"))).await;
+}
+
+#[tokio::test]
+async fn a_listener_the_proxy_cannot_bind_is_nacked_and_the_rest_applies() {
+    let ads = Ads::new();
+    publish(&ads, 8001);
+    let addr = ads.serve("127.0.0.1:0".parse().unwrap()).await;
+    let (applied, _status) = start_client(addr, Protocol::Delta, Some("l-busy"));
+    eventually("first config", || applied.count() > 0).await;
+    ads.set("l-busy", &listener("l-busy", "r1"));
+    eventually("LDS NACK", || ads.seen().iter().any(|s| s.type_url == LISTENER && s.error.is_some())).await;
+    let nack = ads.seen().into_iter().find(|s| s.error.is_some()).unwrap();
+    assert_eq!(nack.error.as_deref(), Some(r#"Listener "l-busy": address in use"#));
+    // The config without it stays applied; the listener that was there keeps serving.
+    let cfg = applied.last().unwrap();
+    assert!(cfg.listeners.iter().any(|l| l.name == "l1"));
+    assert!(!cfg.listeners.iter().any(|l| l.name == "l-busy"));
+}
+
+#[test]
+fn backoff_doubles_with_jitter_within_bounds() {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let (min, max) = (Duration::from_millis(500), Duration::from_secs(30));
+    let mut b = weft_xds_client::Backoff::new(min, max);
+    let mut ceiling = min;
+    for _ in 0..20 {
+        let d = b.next_delay(&mut rng);
+        assert!(d >= min && d <= ceiling && d >= ceiling / 2, "{d:?} for ceiling {ceiling:?}");
+        ceiling = (ceiling * 2).min(max);
+    }
+    b.reset();
+    assert_eq!(b.next_delay(&mut rng), min);
+}
+
+#[test]
+fn server_addresses_are_checked() {
+    use weft_xds_client::client::server_uri;
+    assert_eq!(server_uri("127.0.0.1:15010").unwrap(), "http://127.0.0.1:15010");
+    assert_eq!(server_uri("http://istiod.istio-system:15010").unwrap(), "http://istiod.istio-system:15010");
+    for bad in ["127.0.0.1", "https://x:15012", "::1"] {
+        assert!(server_uri(bad).is_err(), "{bad}");
+    }
+}
