@@ -300,10 +300,8 @@ fn apply_lb(c: &mut Cluster, lb: Option<&LoadBalancer>) {
         Some(LbPolicy::Simple(SimpleLb::RoundRobin)) => {
             c.lb_policy = PbLb::RoundRobin as i32;
             if let Some(w) = warmup {
-                c.lb_config = Some(LbConfig::RoundRobinLbConfig(pbc::RoundRobinLbConfig {
-                    slow_start_config: Some(w),
-                    ..Default::default()
-                }));
+                c.lb_config =
+                    Some(LbConfig::RoundRobinLbConfig(pbc::RoundRobinLbConfig { slow_start_config: Some(w) }));
             }
         }
         Some(LbPolicy::Simple(SimpleLb::Random)) => c.lb_policy = PbLb::Random as i32,

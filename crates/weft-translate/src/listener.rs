@@ -163,9 +163,12 @@ fn tcp_targets(scope: &Scope, s: &Service, port: u16) -> Vec<(String, u32)> {
     vec![(outbound_cluster(port, "", &s.host), 100)]
 }
 
+/// SNI names and the weighted clusters they go to.
+type SniRoute = (Vec<String>, Vec<(String, u32)>);
+
 /// SNI chains of a TLS service port: one per applicable TLS route match (its `sniHosts`), else
 /// the service host itself.
-fn tls_targets(scope: &Scope, s: &Service, port: u16) -> Vec<(Vec<String>, Vec<(String, u32)>)> {
+fn tls_targets(scope: &Scope, s: &Service, port: u16) -> Vec<SniRoute> {
     let mut out = Vec::new();
     if let Some(vs) = scope.virtual_service(&s.host) {
         for r in &vs.spec.tls {

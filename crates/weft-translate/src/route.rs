@@ -505,7 +505,6 @@ pub fn fault_config(f: &weft_istio::HttpFault) -> PbFault {
         delay: f.delay.as_ref().map(|d| FaultDelay {
             percentage: Some(pb::per_million(d.percentage)),
             fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(pb::duration(d.fixed_delay))),
-            ..Default::default()
         }),
         abort: f.abort.as_ref().map(|a| FaultAbort {
             percentage: Some(pb::per_million(a.percentage)),
