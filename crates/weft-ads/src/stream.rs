@@ -33,7 +33,8 @@ const MAX_PENDING: usize = 8;
 /// The response half of a stream, handed to tonic. It ends with the status the stream task left
 /// in `end` (nothing means OK), after the responses queued before it.
 pub struct ResponseStream<T> {
-    rx: mpsc::Receiver<T>,
+    // Boxed: the channel allocates its slots in blocks, and a response is a large struct.
+    rx: mpsc::Receiver<Box<T>>,
     end: EndSlot,
     done: bool,
 }
@@ -41,7 +42,7 @@ pub struct ResponseStream<T> {
 pub type EndSlot = Arc<Mutex<Option<Status>>>;
 
 impl<T> ResponseStream<T> {
-    pub(crate) fn new(rx: mpsc::Receiver<T>, end: EndSlot) -> ResponseStream<T> {
+    pub(crate) fn new(rx: mpsc::Receiver<Box<T>>, end: EndSlot) -> ResponseStream<T> {
         ResponseStream { rx, end, done: false }
     }
 }
@@ -54,7 +55,7 @@ impl<T> Stream for ResponseStream<T> {
             return Poll::Ready(None);
         }
         match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(m)) => Poll::Ready(Some(Ok(m))),
+            Poll::Ready(Some(m)) => Poll::Ready(Some(Ok(*m))),
             Poll::Ready(None) => {
                 self.done = true;
                 let end = self.end.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -70,7 +71,7 @@ pub struct Opened<Req, Resp> {
     pub slot: Slot,
     pub requests: Streaming<Req>,
     pub peer: Option<SocketAddr>,
-    pub tx: mpsc::Sender<Resp>,
+    pub tx: mpsc::Sender<Box<Resp>>,
     pub end: EndSlot,
     pub responses: crate::ResponseStream<Resp>,
 }
@@ -398,20 +399,20 @@ pub async fn next_event<Req, Resp>(requests: &mut Streaming<Req>, ctx: &mut Ctx<
 pub struct Ctx<Resp> {
     pub inner: Arc<Inner>,
     pub conn: Arc<Conn>,
-    tx: mpsc::Sender<Resp>,
+    tx: mpsc::Sender<Box<Resp>>,
     pub mesh: watch::Receiver<Mesh>,
     pub closing: watch::Receiver<bool>,
 }
 
 impl<Resp> Ctx<Resp> {
-    pub fn new(inner: Arc<Inner>, conn: Arc<Conn>, tx: mpsc::Sender<Resp>) -> Ctx<Resp> {
+    pub fn new(inner: Arc<Inner>, conn: Arc<Conn>, tx: mpsc::Sender<Box<Resp>>) -> Ctx<Resp> {
         let mesh = inner.mesh.subscribe();
         let closing = inner.closing.subscribe();
         Ctx { inner, conn, tx, mesh, closing }
     }
 
     pub async fn send(&self, resp: Resp) -> Result<(), Close> {
-        match tokio::time::timeout(self.inner.opts.send_timeout, self.tx.send(resp)).await {
+        match tokio::time::timeout(self.inner.opts.send_timeout, self.tx.send(Box::new(resp))).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Close::Gone),
             Err(_) => Err(Close::Stalled),
@@ -535,7 +536,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(2);
         let end: EndSlot = Arc::default();
         let mut s = ResponseStream::new(rx, end.clone());
-        tx.send(1u32).await.unwrap();
+        tx.send(Box::new(1u32)).await.unwrap();
         *end.lock().unwrap() = Some(Status::unavailable("bye"));
         drop(tx);
         assert_eq!(s.next().await.map(|r| r.unwrap()), Some(1), "queued responses first");

@@ -31,7 +31,8 @@ pub fn find<'a>(res: &'a [Arc<Resource>], name: &str) -> Option<&'a Arc<Resource
 
 /// Same names with the same versions.
 pub fn same(a: &[Arc<Resource>], b: &[Arc<Resource>]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.name == y.name && x.version == y.version)
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y) || (x.name == y.name && x.version == y.version))
 }
 
 /// A version for a list: the same hash `ResourceSet::type_version` uses, so a wildcard view has
