@@ -348,3 +348,12 @@ fn inbound_resources(scope: &Scope, node: &NodeInfo, set: &mut ResourceSet) {
 pub fn cluster_name(port: u16, subset: Option<&str>, host: &str) -> String {
     outbound_cluster(port, subset.unwrap_or(""), host)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mesh_is_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::Mesh>();
+    }
+}

@@ -237,6 +237,7 @@ fn port_chains(scope: &Scope, port: u16, services: &[PortService], capture: bool
     let route_name = port.to_string();
     let dport = capture.then(|| pb::u32v(port as u32));
     let mut http_without_vip = false;
+    let mut sniffed_without_vip = false;
     let mut http_any = false;
     for ps in services {
         let s = &ps.service;
@@ -252,6 +253,7 @@ fn port_chains(scope: &Scope, port: u16, services: &[PortService], capture: bool
                 http_any = true;
                 if ranges.is_empty() {
                     http_without_vip = true;
+                    sniffed_without_vip |= kind == PortKind::Sniffed;
                     if kind == PortKind::Http {
                         continue;
                     }
@@ -301,7 +303,11 @@ fn port_chains(scope: &Scope, port: u16, services: &[PortService], capture: bool
     if http_without_vip || (!capture && http_any) {
         let prefix = if capture { "0.0.0.0" } else { label };
         let hcm = hcm_filter(&hcm_rds(&format!("outbound_{prefix}_{port}"), &route_name));
-        let m = FilterChainMatch { destination_port: dport, ..Default::default() };
+        // With a sniffed service among them, only traffic that looks like HTTP takes this chain;
+        // the rest goes to that service's TCP chain.
+        let application_protocols =
+            if sniffed_without_vip { SNIFFED_HTTP.iter().map(|s| s.to_string()).collect() } else { Vec::new() };
+        let m = FilterChainMatch { destination_port: dport, application_protocols, ..Default::default() };
         chains.push(format!("{prefix}_{port}"), m, vec![hcm]);
     }
 }

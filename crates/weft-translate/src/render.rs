@@ -391,6 +391,7 @@ fn zero_enum_fields(struct_name: &str) -> Vec<(String, String)> {
             format!("{:?}", r::RouteConfiguration::default()),
             format!("{:?}", ty::FractionalPercent::default()),
             format!("{:?}", TcpProxy::default()),
+            format!("{:?}", envoy_types::pb::envoy::config::cluster::v3::cluster::RingHashLbConfig::default()),
         ];
         let mut table: HashMap<String, Vec<(String, String)>> = HashMap::new();
         for text in defaults {

@@ -446,3 +446,30 @@ fn inbound_ports_come_from_the_proxys_own_endpoints() {
     let set = m.generate(&n);
     assert!(!names(&set, type_url::CLUSTER).iter().any(|c| c.starts_with("inbound|")));
 }
+
+#[test]
+fn sniffed_services_without_address_share_a_port_chain_by_protocol() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy, namespace: ns1}
+spec:
+  hosts: [legacy.example.com]
+  resolution: DNS
+  ports: [{number: 7000, name: legacy}]
+"#;
+    let (m, _) = mesh(yaml);
+    let set = m.generate(&node("ns1", &[]));
+    let r = set.get(type_url::LISTENER, "virtualOutbound").unwrap();
+    let l = weft_xds::envoy_types::pb::envoy::config::listener::v3::Listener::decode(r.body.value.as_slice()).unwrap();
+    let matches: Vec<(Option<u32>, Vec<String>)> = l
+        .filter_chains
+        .iter()
+        .map(|c| {
+            let m = c.filter_chain_match.clone().unwrap_or_default();
+            (m.destination_port.map(|p| p.value), m.application_protocols)
+        })
+        .collect();
+    assert_eq!(matches, [(Some(7000), vec![]), (Some(7000), vec!["http/1.1".to_string(), "h2c".to_string()])]);
+    assert_eq!(l.listener_filters.len(), 1, "http_inspector");
+}
