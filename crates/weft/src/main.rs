@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::{reload, EnvFilter};
 
+mod cli;
 mod demo;
 mod xds;
 
@@ -40,6 +41,18 @@ enum Cmd {
         #[arg(long, short = 'c')]
         config: PathBuf,
     },
+    /// Run the control plane: Istio resources in (through the API), xDS out.
+    Control(ControlArgs),
+    /// Create or update resources from files (`-f FILE|DIR|-`), like `kubectl apply`.
+    Apply(cli::ApplyArgs),
+    /// List or show resources, like `kubectl get`.
+    Get(cli::GetArgs),
+    /// Delete resources by kind and name, or those named in files.
+    Delete(cli::DeleteArgs),
+    /// Validate files offline (`-f`), or show the proxies' sync status and NACKs, like `istioctl proxy-status`.
+    Check(cli::CheckArgs),
+    /// Show the config a proxy last acknowledged, like `istioctl proxy-config`.
+    ProxyConfig(cli::ProxyConfigArgs),
     /// Run a local demo: a backend with two versions behind two weft sidecars, with live traffic.
     Demo(demo::DemoArgs),
     /// Built-in HTTP backend used by the demo and benchmarks (echoes the request as JSON).
@@ -50,6 +63,29 @@ enum Cmd {
         #[arg(long, default_value = "backend")]
         name: String,
     },
+}
+
+#[derive(clap::Args)]
+struct ControlArgs {
+    /// Directory of the embedded store (created when missing).
+    #[arg(long, default_value = "weft-data")]
+    data_dir: PathBuf,
+    /// ADS (gRPC) listen address for proxies, Envoy and proxyless gRPC clients.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds_listen: std::net::SocketAddr,
+    /// Operator API listen address (used by `weft apply/get/delete/check/proxy-config`).
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    api_listen: std::net::SocketAddr,
+    /// Quiet time after a change before the mesh is rebuilt and pushed (e.g. `100ms`).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    debounce: std::time::Duration,
+    /// Write `{"xds":..., "api":...}` here once listening.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    weft_config::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[derive(clap::Args)]
@@ -131,9 +167,90 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
+        Cmd::Control(a) => run_control(a),
+        Cmd::Apply(a) => run_cli(cli::apply(a)),
+        Cmd::Get(a) => run_cli(cli::get(a)),
+        Cmd::Delete(a) => run_cli(cli::delete(a)),
+        Cmd::Check(a) => match block_on(cli::check(a)) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::ProxyConfig(a) => run_cli(cli::proxy_config(a)),
         Cmd::Demo(a) => demo::run(a),
         Cmd::DemoBackend { listen, name } => demo::run_backend(listen, name),
     }
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
+}
+
+/// Runs a CLI command: errors go to stderr with exit status 1, like kubectl.
+fn run_cli(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    match block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_control(a: ControlArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let opts = weft_control::Options {
+            data_dir: a.data_dir,
+            xds_listen: a.xds_listen,
+            api_listen: a.api_listen,
+            debounce: a.debounce,
+            ..Default::default()
+        };
+        let control = match weft_control::Control::start(opts).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("weft: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        if let Some(path) = &a.ready_file {
+            // The same shape as the proxy's ready file: the API is the control plane's admin port.
+            let body = format!(
+                "{{\"admin\":\"{api}\",\"listeners\":{{\"xds\":\"{xds}\",\"api\":\"{api}\"}}}}\n",
+                api = control.api_addr,
+                xds = control.xds_addr
+            );
+            let tmp = path.with_extension("tmp");
+            if let Err(e) = std::fs::write(&tmp, body).and_then(|_| std::fs::rename(&tmp, path)) {
+                eprintln!("weft: --ready-file {}: {e}", path.display());
+                return ExitCode::from(1);
+            }
+        }
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("weft: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("control plane stopping");
+        control.stop().await;
+        ExitCode::SUCCESS
+    })
 }
 
 fn run_proxy(a: ProxyArgs, log_control: weft_proxy::LogControl) -> ExitCode {
