@@ -1,0 +1,441 @@
+//! `weft proxy --xds`: a real proxy process fed by a tiny in-test ADS server (tonic, loopback),
+//! routing to real backends. It waits for a complete config before it is ready, follows
+//! endpoint changes, NACKs a bad cluster while the old one keeps serving, keeps serving while the
+//! control plane is gone, and resynchronises when it comes back.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use envoy_types::pb::envoy::config::cluster::v3 as cl;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as ep;
+use envoy_types::pb::envoy::config::listener::v3 as li;
+use envoy_types::pb::envoy::config::route::v3 as rt;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
+use tokio::sync::{mpsc, watch};
+use weft_test::{http_get, wait_for, HttpBackend, WeftProcess};
+
+// ---- a tiny delta ADS server ------------------------------------------------------------------
+
+/// A request the proxy sent.
+#[derive(Clone, Debug)]
+struct Seen {
+    type_url: String,
+    error: Option<String>,
+    initial_versions: BTreeMap<String, String>,
+}
+
+#[derive(Clone)]
+struct Ads {
+    resources: Arc<Mutex<BTreeMap<String, BTreeMap<String, Any>>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    changed: watch::Sender<u64>,
+    stop: watch::Sender<bool>,
+}
+
+type Out<T> = Pin<Box<dyn futures_util::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+fn version_of(a: &Any) -> String {
+    format!("{:x}", a.value.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3)))
+}
+
+impl Ads {
+    fn new() -> Ads {
+        Ads {
+            resources: Default::default(),
+            seen: Default::default(),
+            changed: watch::channel(0).0,
+            stop: watch::channel(false).0,
+        }
+    }
+
+    fn set<M: Message + Name>(&self, name: &str, msg: &M) {
+        let any = Any { type_url: M::type_url(), value: msg.encode_to_vec() };
+        self.resources.lock().unwrap().entry(M::type_url()).or_default().insert(name.to_string(), any);
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    async fn serve(&self, addr: SocketAddr) -> SocketAddr {
+        self.stop.send_replace(false);
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the ADS server");
+        let local = listener.local_addr().expect("ADS address");
+        let mut stop = self.stop.subscribe();
+        let svc = AggregatedDiscoveryServiceServer::new(self.clone());
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+        local
+    }
+
+    /// Ends every stream and stops listening: the control plane is gone.
+    fn shutdown(&self) {
+        self.stop.send_replace(true);
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = Out<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = Out<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        _req: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("this test server speaks delta xDS"))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        req: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
+        let mut input = req.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let ads = self.clone();
+        tokio::spawn(async move {
+            let (mut changed, mut stop) = (ads.changed.subscribe(), ads.stop.subscribe());
+            // type → (wildcard, subscribed names, versions the proxy has)
+            let mut subs: HashMap<String, (bool, BTreeSet<String>, BTreeMap<String, String>)> = HashMap::new();
+            let mut nonce = 0u64;
+            loop {
+                tokio::select! {
+                    m = input.message() => {
+                        let Ok(Some(r)) = m else { return };
+                        ads.seen.lock().unwrap().push(Seen {
+                            type_url: r.type_url.clone(),
+                            error: r.error_detail.as_ref().map(|e| e.message.clone()),
+                            initial_versions: r.initial_resource_versions.clone().into_iter().collect(),
+                        });
+                        let first = !subs.contains_key(&r.type_url);
+                        let e = subs.entry(r.type_url.clone()).or_default();
+                        if first {
+                            e.0 = r.resource_names_subscribe.is_empty();
+                            e.2 = r.initial_resource_versions.clone().into_iter().collect();
+                        }
+                        e.1.extend(r.resource_names_subscribe.iter().cloned());
+                        for n in &r.resource_names_unsubscribe {
+                            e.1.remove(n);
+                            e.2.remove(n);
+                        }
+                    }
+                    _ = changed.changed() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                for (ty, (wildcard, names, known)) in subs.iter_mut() {
+                    let all = ads.resources.lock().unwrap().get(ty).cloned().unwrap_or_default();
+                    let mut resources = Vec::new();
+                    for (n, a) in all.iter().filter(|(n, _)| *wildcard || names.contains(*n)) {
+                        let v = version_of(a);
+                        if known.get(n) != Some(&v) {
+                            known.insert(n.clone(), v.clone());
+                            resources.push(Resource {
+                                name: n.clone(),
+                                version: v,
+                                resource: Some(a.clone()),
+                                ..Default::default()
+                            });
+                        }
+                    }
+                    let removed: Vec<String> = known.keys().filter(|n| !all.contains_key(*n)).cloned().collect();
+                    for n in &removed {
+                        known.remove(n);
+                    }
+                    if resources.is_empty() && removed.is_empty() {
+                        continue;
+                    }
+                    nonce += 1;
+                    let resp = DeltaDiscoveryResponse {
+                        resources,
+                        removed_resources: removed,
+                        type_url: ty.clone(),
+                        nonce: nonce.to_string(),
+                        ..Default::default()
+                    };
+                    if tx.send(resp).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let out = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (Ok(m), rx)) });
+        Ok(tonic::Response::new(Box::pin(out)))
+    }
+}
+
+// ---- the mesh it serves -----------------------------------------------------------------------
+
+const CLUSTER: &str = "outbound|80||svc.default.svc.cluster.local";
+const NODE: &str = "sidecar~127.0.0.1~web-1.default~default.svc.cluster.local";
+
+fn any<M: Message + Name>(m: &M) -> Any {
+    Any { type_url: M::type_url(), value: m.encode_to_vec() }
+}
+
+fn sock(addr: SocketAddr) -> Option<core::Address> {
+    Some(core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: addr.ip().to_string(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(addr.port() as u32)),
+            ..Default::default()
+        })),
+    })
+}
+
+fn ads_source() -> Option<core::ConfigSource> {
+    Some(core::ConfigSource {
+        resource_api_version: 2,
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(Default::default())),
+        ..Default::default()
+    })
+}
+
+fn eds_cluster() -> cl::Cluster {
+    cl::Cluster {
+        name: CLUSTER.into(),
+        cluster_discovery_type: Some(cl::cluster::ClusterDiscoveryType::Type(cl::cluster::DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(cl::cluster::EdsClusterConfig {
+            eds_config: ads_source(),
+            service_name: String::new(),
+        }),
+        connect_timeout: Some(envoy_types::pb::google::protobuf::Duration { seconds: 1, nanos: 0 }),
+        ..Default::default()
+    }
+}
+
+/// The same cluster asking for TLS to its upstreams, which weft cannot do yet.
+fn tls_cluster() -> cl::Cluster {
+    cl::Cluster {
+        transport_socket: Some(core::TransportSocket { name: "envoy.transport_sockets.tls".into(), config_type: None }),
+        ..eds_cluster()
+    }
+}
+
+fn assignment(backend: SocketAddr) -> ep::ClusterLoadAssignment {
+    ep::ClusterLoadAssignment {
+        cluster_name: CLUSTER.into(),
+        endpoints: vec![ep::LocalityLbEndpoints {
+            lb_endpoints: vec![ep::LbEndpoint {
+                host_identifier: Some(ep::lb_endpoint::HostIdentifier::Endpoint(ep::Endpoint {
+                    address: sock(backend),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Listener "web" on a free loopback port, routes from RDS "80".
+fn listener() -> li::Listener {
+    let h = hcm::HttpConnectionManager {
+        stat_prefix: "web".into(),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+            config_source: ads_source(),
+            route_config_name: "80".into(),
+        })),
+        http_filters: vec![hcm::HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(&Router::default()))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    li::Listener {
+        name: "web".into(),
+        address: sock("127.0.0.1:0".parse().unwrap()),
+        filter_chains: vec![li::FilterChain {
+            filters: vec![li::Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(li::filter::ConfigType::TypedConfig(any(&h))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn route() -> rt::RouteConfiguration {
+    rt::RouteConfiguration {
+        name: "80".into(),
+        virtual_hosts: vec![rt::VirtualHost {
+            name: "svc".into(),
+            domains: vec!["*".into()],
+            routes: vec![rt::Route {
+                r#match: Some(rt::RouteMatch {
+                    path_specifier: Some(rt::route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(rt::route::Action::Route(rt::RouteAction {
+                    cluster_specifier: Some(rt::route_action::ClusterSpecifier::Cluster(CLUSTER.into())),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Which backend answers a GET on a fresh connection ("" when the proxy fails it).
+async fn backend_now(addr: SocketAddr) -> String {
+    match http_get(addr, "/", &[]).await {
+        Ok(r) if r.status == 200 => backend_of(&r),
+        _ => String::new(),
+    }
+}
+
+async fn prometheus(weft: &WeftProcess) -> String {
+    admin_get(weft, "/stats/prometheus").await
+}
+
+// ---- the test ---------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_follows_the_control_plane_rejects_bad_resources_and_outlives_it() {
+    let a = HttpBackend::start("a").await;
+    let b = HttpBackend::start("b").await;
+    let ads = Ads::new();
+    ads.set(CLUSTER, &eds_cluster());
+    ads.set(CLUSTER, &assignment(a.addr()));
+    ads.set("web", &listener());
+    // The route configuration is held back: the proxy must not be ready without it.
+    let server = ads.serve("127.0.0.1:0".parse().unwrap()).await;
+
+    let admin = dead_addr();
+    let builder = WeftProcess::builder(WEFT);
+    let bootstrap = builder.write_file("bootstrap.yaml", format!("admin: {{ address: \"{admin}\" }}\n"));
+    let start = builder
+        .arg("proxy")
+        .arg("--config")
+        .arg(&bootstrap)
+        .args(["--xds", &server.to_string(), "--node-id", NODE, "--labels", "app=web,version=v1"])
+        .args(["--concurrency", "1"])
+        .start();
+    let starting = tokio::spawn(start);
+    let not_ready = wait_for(Duration::from_secs(10), || async {
+        matches!(http_get(admin, "/ready", &[]).await, Ok(r) if r.status == 503 && r.text().contains("PRE_INITIALIZING"))
+    })
+    .await;
+    assert!(not_ready, "admin /ready must answer 503 PRE_INITIALIZING while the route configuration is missing");
+    ads.set("80", &route());
+    let weft = starting.await.expect("weft start task");
+    let web = weft.listener("web");
+    assert_eq!(backend_now(web).await, "a");
+    let r = http_get(admin, "/ready", &[]).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // /config_dump shows the xDS state and every resource's version.
+    let dump: serde_json::Value = serde_json::from_str(&admin_get(&weft, "/config_dump").await).unwrap();
+    let xds = &dump["xds"];
+    assert_eq!(xds["connected"], true, "{xds}");
+    assert_eq!(xds["protocol"], "delta");
+    assert_eq!(xds["node_id"], NODE);
+    for (ty, name) in [("CDS", CLUSTER), ("EDS", CLUSTER), ("LDS", "web"), ("RDS", "80")] {
+        assert!(xds["resources"][ty][name]["version"].is_string(), "{ty} {name}: {xds}");
+    }
+    assert_eq!(dump["node"]["app"], "web");
+
+    // Endpoints move: traffic follows.
+    ads.set(CLUSTER, &assignment(b.addr()));
+    let moved = wait_for(Duration::from_secs(10), || async { backend_now(web).await == "b" }).await;
+    assert!(moved, "traffic must move to the new endpoint\n{}", weft.output_report());
+
+    // A cluster weft cannot honour is NACKed with the reason; the last good one keeps serving.
+    ads.set(CLUSTER, &tls_cluster());
+    let want = format!("Cluster {CLUSTER:?}: transport_socket: not supported");
+    let nacked = wait_for(Duration::from_secs(10), || async {
+        ads.seen().iter().any(|s| s.error.as_deref() == Some(want.as_str()))
+    })
+    .await;
+    assert!(nacked, "no NACK with {want:?}: {:?}", ads.seen());
+    let nack = ads.seen().into_iter().find(|s| s.error.is_some()).unwrap();
+    assert_eq!(nack.type_url, weft_xds::type_url::CLUSTER);
+    for _ in 0..5 {
+        assert_eq!(backend_now(web).await, "b");
+    }
+    let prom = prometheus(&weft).await;
+    assert_eq!(prom_sum(&prom, "weft_xds_rejects_total", &[("type", "CDS")]), 1.0, "{prom}");
+    assert!(prom_sum(&prom, "weft_xds_updates_total", &[("type", "EDS")]) >= 2.0, "{prom}");
+    let dump: serde_json::Value = serde_json::from_str(&admin_get(&weft, "/config_dump").await).unwrap();
+    assert_eq!(dump["xds"]["rejected"][0]["error"], want.as_str());
+
+    // The control plane goes away: the proxy keeps serving what it has.
+    ads.shutdown();
+    let down = wait_for(Duration::from_secs(10), || async {
+        prom_sum(&prometheus(&weft).await, "weft_xds_connected", &[]) == 0.0
+    })
+    .await;
+    assert!(down, "weft_xds_connected must drop to 0");
+    for _ in 0..5 {
+        assert_eq!(backend_now(web).await, "b");
+    }
+
+    // It comes back (same address) with a good cluster and the first endpoint: the proxy
+    // reconnects, tells it what it holds, and converges.
+    ads.set(CLUSTER, &eds_cluster());
+    ads.set(CLUSTER, &assignment(a.addr()));
+    let before = ads.seen().len();
+    ads.serve(server).await;
+    let back = wait_for(Duration::from_secs(20), || async { backend_now(web).await == "a" }).await;
+    assert!(back, "traffic must follow the control plane after it returns\n{}", weft.output_report());
+    let resync: Vec<Seen> = ads.seen().into_iter().skip(before).collect();
+    let cds =
+        resync.iter().find(|s| s.type_url == weft_xds::type_url::CLUSTER).expect("a CDS request after reconnecting");
+    assert!(cds.initial_versions.contains_key(CLUSTER), "{cds:?}");
+    let prom = prometheus(&weft).await;
+    assert_eq!(prom_sum(&prom, "weft_xds_connected", &[]), 1.0);
+    assert!(prom_sum(&prom, "weft_xds_connects_total", &[]) >= 2.0);
+    let stats = admin_get(&weft, "/stats").await;
+    assert_eq!(stat(&stats, "xds.connected"), 1, "{stats}");
+}
+
+#[tokio::test]
+async fn xds_flags_are_checked() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["proxy", "--xds", "127.0.0.1:1"], "--node-id"),
+        (&["proxy", "--xds", "127.0.0.1", "--node-id", "n"], r#"--xds: xDS server address "127.0.0.1""#),
+        (
+            &["proxy", "--xds", "127.0.0.1:1", "--node-id", "gateway~1.2.3.4~a.b~b.svc.cluster.local"],
+            "unknown proxy type",
+        ),
+        (
+            &["proxy", "--xds", "127.0.0.1:1", "--node-id", "n", "--labels", "novalue"],
+            r#"--labels: "novalue" is not KEY=VALUE"#,
+        ),
+        (&["proxy"], "--config"),
+    ];
+    for (args, want) in cases {
+        let mut cmd = std::process::Command::new(WEFT);
+        cmd.args(*args);
+        let out = run_blocking(cmd, Duration::from_secs(20)).await;
+        assert!(!out.status.success(), "{args:?} must fail");
+        assert!(out.stderr.contains(want), "{args:?}: stderr must contain {want:?}, got {}", out.stderr);
+    }
+}
