@@ -319,7 +319,9 @@ impl AdsServer {
     }
 
     /// Serves ADS on `listener` (HTTP/2 with prior knowledge) until `shutdown` completes; then
-    /// closes every stream, lets connections finish for `shutdown_grace` and drops the rest.
+    /// closes every stream (as [`AdsServer::close_streams`]: the server refuses streams from then
+    /// on), lets connections finish for `shutdown_grace` and drops the rest. Fails only when the
+    /// listener itself fails; per-process accept errors (out of descriptors) are retried.
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
