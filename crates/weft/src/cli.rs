@@ -379,7 +379,9 @@ fn type_state(t: Option<&serde_json::Value>) -> (&'static str, Option<String>) {
     let version =
         |v: Option<&serde_json::Value>| v.and_then(|v| v.get("version")).and_then(|v| v.as_str()).map(String::from);
     let sent = version(t.get("sent"));
-    if sent.is_none() {
+    // A delta client that reconnects with current versions is sent nothing but holds them all.
+    let acked = version(t.get("acked"));
+    if sent.is_none() && acked.is_none() {
         return ("NOT SENT", None);
     }
     if t.get("in_sync").and_then(|v| v.as_bool()) == Some(true) {
