@@ -243,6 +243,7 @@ impl Validator<'_> {
             address,
             use_original_dst: l.use_original_dst,
             detection_timeout,
+            http_inspection: false,
             filter_chains: chains,
             default_chain,
         })
@@ -1198,6 +1199,7 @@ impl Validator<'_> {
             health_checks,
             panic_threshold_percent,
             metadata: c.metadata,
+            source_address: None,
         })
     }
 }

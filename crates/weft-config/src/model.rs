@@ -130,13 +130,18 @@ pub struct Listener {
     pub use_original_dst: bool,
     /// How long to wait for the first bytes when a chain needs them (TLS SNI/ALPN, HTTP sniffing).
     pub detection_timeout: Duration,
+    /// Detect plaintext HTTP (Envoy's `http_inspector`): a connection that is not TLS and starts
+    /// like HTTP/1.x or the HTTP/2 preface gets the application protocol `http/1.0`, `http/1.1`
+    /// or `h2c`, which chains match with `alpn`. Without it only TLS ALPN is known.
+    pub http_inspection: bool,
     pub filter_chains: Vec<FilterChain>,
     /// Used when no chain matches; None closes such connections.
     pub default_chain: Option<FilterChain>,
 }
 
 impl Listener {
-    /// True when choosing a chain needs the client's first bytes (a TLS ClientHello).
+    /// True when choosing a chain needs the client's first bytes (a TLS ClientHello, or HTTP
+    /// detection for `alpn` on plaintext connections).
     pub fn needs_tls_inspection(&self) -> bool {
         self.filter_chains
             .iter()
@@ -630,6 +635,9 @@ pub struct Cluster {
     pub panic_threshold_percent: f64,
     /// Istio destination labels for metrics (`destination_service`, `destination_workload`, ...).
     pub metadata: Labels,
+    /// Local address upstream connections are made from (Envoy's `upstream_bind_config`;
+    /// Istio's inbound passthrough uses 127.0.0.6). None: the system chooses.
+    pub source_address: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

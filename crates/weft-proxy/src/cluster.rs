@@ -419,7 +419,21 @@ impl ClusterRt {
             return Err(ConnectError::Overflow);
         }
         let guard = CxGuard::new(self.stats.clone());
-        match tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(host.addr)).await {
+        let connect = async {
+            match self.cfg.source_address {
+                None => TcpStream::connect(host.addr).await,
+                Some(ip) => {
+                    let sock = if host.addr.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    sock.bind(SocketAddr::new(ip, 0))?;
+                    sock.connect(host.addr).await
+                }
+            }
+        };
+        match tokio::time::timeout(self.cfg.connect_timeout, connect).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 Ok((s, guard))

@@ -191,7 +191,7 @@ async fn handle_connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStrea
     let destination = if l.cfg.use_original_dst { original_dst(&stream).unwrap_or(local) } else { local };
 
     let (sni, alpn, transport) = if l.cfg.needs_tls_inspection() {
-        inspect_tls(&stream, l.cfg.detection_timeout).await
+        inspect(&stream, l.cfg.detection_timeout, l.cfg.http_inspection).await
     } else {
         (None, Vec::new(), Transport::RawBuffer)
     };
@@ -217,35 +217,71 @@ async fn handle_connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStrea
     }
 }
 
-/// Peeks (never consumes) the first bytes to read a TLS ClientHello, within `timeout`.
-async fn inspect_tls(stream: &TcpStream, timeout: Duration) -> (Option<String>, Vec<String>, Transport) {
+/// What the first bytes say: server name, application protocols, transport.
+type Inspected = (Option<String>, Vec<String>, Transport);
+
+/// Peeks (never consumes) the first bytes to read a TLS ClientHello, within `timeout`; with
+/// `http`, a plaintext connection that starts like HTTP gets `http/1.0`, `http/1.1` or `h2c` as
+/// its application protocol (Envoy's http_inspector).
+async fn inspect(stream: &TcpStream, timeout: Duration, http: bool) -> Inspected {
     let deadline = Instant::now() + timeout;
     let mut buf = vec![0u8; 4096];
     let mut backoff = Duration::from_millis(1);
+    // What to answer if the bytes stop coming before the answer is certain.
+    let mut fallback: Inspected = (None, vec![], Transport::RawBuffer);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let n = match tokio::time::timeout(left, stream.peek(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return (None, vec![], Transport::RawBuffer),
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return fallback,
             Ok(Ok(n)) => n,
         };
-        match weft_sniff::parse_client_hello(&buf[..n]) {
-            Ok(h) => return (h.server_name, h.alpn, Transport::Tls),
-            Err(weft_sniff::SniffError::Incomplete) => {
-                if n == buf.len() {
-                    if buf.len() >= weft_sniff::MAX_PEEK {
-                        return (None, vec![], Transport::Tls);
-                    }
-                    buf.resize((buf.len() * 2).min(weft_sniff::MAX_PEEK), 0);
-                } else {
-                    // Wait for more bytes before peeking again, backing off so a client that
-                    // sends one byte and stalls costs a few dozen wake-ups, not thousands.
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(100));
-                }
-            }
-            Err(weft_sniff::SniffError::NotTls) => return (None, vec![], Transport::RawBuffer),
-            Err(_) => return (None, vec![], Transport::Tls),
+        let full = n == buf.len() && buf.len() >= weft_sniff::MAX_PEEK;
+        match classify(&buf[..n], http, full) {
+            Classified::Done(found) => return found,
+            Classified::Partial(guess) => fallback = guess,
+            Classified::NeedMore => {}
         }
+        if n == buf.len() {
+            buf.resize((buf.len() * 2).min(weft_sniff::MAX_PEEK), 0);
+        } else {
+            // Wait for more bytes before peeking again, backing off so a client that sends one
+            // byte and stalls costs a few dozen wake-ups, not thousands.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
+    }
+}
+
+enum Classified {
+    Done(Inspected),
+    /// Likely this, but more bytes would tell for sure.
+    Partial(Inspected),
+    NeedMore,
+}
+
+/// Classifies the first bytes; `full` says no more will be peeked.
+fn classify(b: &[u8], http: bool, full: bool) -> Classified {
+    match weft_sniff::parse_client_hello(b) {
+        Ok(h) => Classified::Done((h.server_name, h.alpn, Transport::Tls)),
+        Err(weft_sniff::SniffError::Incomplete) if full => Classified::Done((None, vec![], Transport::Tls)),
+        Err(weft_sniff::SniffError::Incomplete) => Classified::NeedMore,
+        Err(weft_sniff::SniffError::NotTls) if !http => Classified::Done((None, vec![], Transport::RawBuffer)),
+        Err(weft_sniff::SniffError::NotTls) => {
+            let http_as = |p: &str| (None, vec![p.to_string()], Transport::RawBuffer);
+            match weft_sniff::detect(b) {
+                weft_sniff::Detected::Http2Preface => Classified::Done(http_as("h2c")),
+                // The request line's version decides between http/1.0 and http/1.1.
+                weft_sniff::Detected::Http1 => match b.windows(2).position(|w| w == b"\r\n") {
+                    Some(end) if b[..end].ends_with(b"HTTP/1.0") => Classified::Done(http_as("http/1.0")),
+                    Some(_) => Classified::Done(http_as("http/1.1")),
+                    None if full => Classified::Done(http_as("http/1.1")),
+                    None => Classified::Partial(http_as("http/1.1")),
+                },
+                weft_sniff::Detected::NeedMore if !full => Classified::NeedMore,
+                _ => Classified::Done((None, vec![], Transport::RawBuffer)),
+            }
+        }
+        Err(_) => Classified::Done((None, vec![], Transport::Tls)),
     }
 }
 
@@ -343,5 +379,37 @@ pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
             let ip = std::net::Ipv6Addr::from(addr.sin6_addr.s6_addr);
             Some(SocketAddr::from((ip, u16::from_be(addr.sin6_port))))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(c: Classified) -> Option<Inspected> {
+        match c {
+            Classified::Done(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn plaintext_http_is_recognised_only_when_inspection_is_on() {
+        let raw = |alpn: &[&str]| Some((None, alpn.iter().map(|s| s.to_string()).collect(), Transport::RawBuffer));
+        let cases: &[(&[u8], bool, bool, Option<Inspected>)] = &[
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true, false, raw(&["http/1.1"])),
+            (b"GET / HTTP/1.0\r\n\r\n", true, false, raw(&["http/1.0"])),
+            (weft_sniff::HTTP2_PREFACE, true, false, raw(&["h2c"])),
+            (b"\x00\x01binary protocol", true, false, raw(&[])),
+            (b"GET / HTTP/1.1\r\n\r\n", false, false, raw(&[])),
+            // A request line still arriving: more bytes are needed, unless no more will come.
+            (b"GET /very/long", true, false, None),
+            (b"GET /very/long", true, true, raw(&["http/1.1"])),
+            (b"PRI * HTTP/2", true, false, None),
+        ];
+        for (bytes, http, full, want) in cases {
+            assert_eq!(done(classify(bytes, *http, *full)), *want, "{:?}", String::from_utf8_lossy(bytes));
+        }
+        assert!(matches!(classify(b"GET /very/long", true, false), Classified::Partial(_)));
     }
 }

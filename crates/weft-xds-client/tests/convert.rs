@@ -144,6 +144,7 @@ fn base_cluster(name: &str, discovery: Discovery) -> Cluster {
         health_checks: vec![],
         panic_threshold_percent: 50.0,
         metadata: Labels::new(),
+        source_address: None,
     }
 }
 
@@ -329,6 +330,20 @@ fn clusters_convert() {
         lb_policy: cl::cluster::LbPolicy::ClusterProvided as i32,
         ..Default::default()
     };
+    let inbound_passthrough = cl::Cluster {
+        name: "InboundPassthroughCluster".into(),
+        cluster_discovery_type: typed(cl::cluster::DiscoveryType::OriginalDst),
+        lb_policy: cl::cluster::LbPolicy::ClusterProvided as i32,
+        upstream_bind_config: Some(core::BindConfig {
+            source_address: Some(core::SocketAddress {
+                address: "127.0.0.6".into(),
+                port_specifier: Some(core::socket_address::PortSpecifier::PortValue(0)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
     let blackhole = cl::Cluster { name: "BlackHoleCluster".into(), ..Default::default() };
     let inbound = cl::Cluster {
         name: "inbound|9080||".into(),
@@ -385,6 +400,18 @@ fn clusters_convert() {
             passthrough,
             ClusterSpec {
                 cluster: base_cluster("PassthroughCluster", Discovery::OriginalDst),
+                eds_service: None,
+                locality_weighted: false,
+            },
+        ),
+        (
+            "ORIGINAL_DST from 127.0.0.6 (inbound passthrough)",
+            inbound_passthrough,
+            ClusterSpec {
+                cluster: Cluster {
+                    source_address: Some("127.0.0.6".parse().unwrap()),
+                    ..base_cluster("InboundPassthroughCluster", Discovery::OriginalDst)
+                },
                 eds_service: None,
                 locality_weighted: false,
             },
@@ -762,6 +789,7 @@ fn model_tcp(cluster: &str) -> ChainAction {
 
 #[test]
 fn listeners_convert() {
+    use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
     use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
     use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
     let outbound = li::Listener {
@@ -771,9 +799,19 @@ fn listeners_convert() {
         listener_filters: vec![
             listener_filter("envoy.filters.listener.original_dst", &OriginalDst::default()),
             listener_filter("envoy.filters.listener.tls_inspector", &TlsInspector::default()),
+            listener_filter("envoy.filters.listener.http_inspector", &HttpInspector::default()),
         ],
         filter_chains: vec![
             http_chain(hcm_rds("9080"), vip("240.240.0.1", 9080)),
+            // Istio's protocol sniffing: HTTP-looking traffic to port 8000 takes the HCM.
+            http_chain(
+                hcm_rds("8000"),
+                Some(li::FilterChainMatch {
+                    destination_port: u32v(8000),
+                    application_protocols: vec!["http/1.1".into(), "h2c".into()],
+                    ..Default::default()
+                }),
+            ),
             tcp_chain("outbound|3306||db.default.svc.cluster.local", vip("240.240.0.2", 3306)),
             li::FilterChain {
                 name: "sni-example".into(),
@@ -798,6 +836,7 @@ fn listeners_convert() {
         address: sa("0.0.0.0:15001"),
         use_original_dst: true,
         detection_timeout: Duration::from_secs(15),
+        http_inspection: true,
         filter_chains: vec![
             FilterChain {
                 name: "chain-0".into(),
@@ -810,6 +849,15 @@ fn listeners_convert() {
             },
             FilterChain {
                 name: "chain-1".into(),
+                matcher: ChainMatch {
+                    destination_port: Some(8000),
+                    alpn: vec!["http/1.1".into(), "h2c".into()],
+                    ..ChainMatch::default()
+                },
+                action: ChainAction::Http(model_hcm("8000")),
+            },
+            FilterChain {
+                name: "chain-2".into(),
                 matcher: ChainMatch {
                     destination_port: Some(3306),
                     destination_ips: vec![Cidr { addr: "240.240.0.2".parse().unwrap(), prefix_len: 32 }],
@@ -869,6 +917,7 @@ fn listeners_convert() {
         address: sa("127.0.0.2:9080"),
         use_original_dst: false,
         detection_timeout: Duration::from_secs(1),
+        http_inspection: false,
         filter_chains: vec![FilterChain {
             name: "chain-0".into(),
             matcher: ChainMatch::default(),
@@ -886,7 +935,11 @@ fn listeners_convert() {
     };
 
     let cases: Vec<(&str, li::Listener, ListenerSpec)> = vec![
-        ("capture listener", outbound, ListenerSpec { listener: outbound_want, rds: vec!["9080".into()] }),
+        (
+            "capture listener",
+            outbound,
+            ListenerSpec { listener: outbound_want, rds: vec!["8000".into(), "9080".into()] },
+        ),
         ("bind listener", bind, ListenerSpec { listener: bind_want, rds: vec!["9080".into()] }),
     ];
     for (what, input, want) in cases {
@@ -998,13 +1051,6 @@ fn listeners_that_would_behave_differently_are_rejected() {
         ),
         (with_hcm(&|h| h.codec_type = 3), format!("Listener {l:?}: {hf}.codec_type: 3: only AUTO, HTTP1 and HTTP2 are supported")),
         (with_hcm(&|h| h.via = "weft".into()), format!("Listener {l:?}: {hf}.via: not supported")),
-        (
-            with(&|x| {
-                x.filter_chains[0].filter_chain_match =
-                    Some(li::FilterChainMatch { application_protocols: vec!["http/1.1".into()], ..Default::default() })
-            }),
-            format!(r#"Listener {l:?}: filter_chains[0].filter_chain_match.application_protocols: supported only with transport_protocol "tls""#),
-        ),
         (
             with(&|x| x.filter_chains.push(x.filter_chains[0].clone())),
             format!("Listener {l:?}: filter_chains[1].filter_chain_match: two filter chains have the same match"),

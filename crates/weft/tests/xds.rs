@@ -303,6 +303,85 @@ fn route() -> rt::RouteConfiguration {
     }
 }
 
+/// A STATIC cluster with one endpoint, optionally connecting from `source`.
+fn static_cluster(name: &str, backend: SocketAddr, source: Option<&str>) -> cl::Cluster {
+    let mut la = assignment(backend);
+    la.cluster_name = name.into();
+    cl::Cluster {
+        name: name.into(),
+        load_assignment: Some(la),
+        upstream_bind_config: source.map(|ip| core::BindConfig {
+            source_address: Some(core::SocketAddress {
+                address: ip.into(),
+                port_specifier: Some(core::socket_address::PortSpecifier::PortValue(0)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A listener whose HTTP-looking connections take the connection manager (RDS "80") and the
+/// rest a TCP proxy to `tcp_cluster`; `inspect` adds the http_inspector that tells them apart.
+fn sniffing_listener(name: &str, tcp_cluster: &str, inspect: bool) -> li::Listener {
+    use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+    let mut l = listener();
+    l.name = name.into();
+    l.filter_chains[0].filter_chain_match = Some(li::FilterChainMatch {
+        application_protocols: vec!["http/1.1".into(), "h2c".into()],
+        ..Default::default()
+    });
+    let t = tcp::TcpProxy {
+        stat_prefix: tcp_cluster.into(),
+        cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(tcp_cluster.into())),
+        ..Default::default()
+    };
+    l.default_filter_chain = Some(li::FilterChain {
+        filters: vec![li::Filter {
+            name: "envoy.filters.network.tcp_proxy".into(),
+            config_type: Some(li::filter::ConfigType::TypedConfig(any(&t))),
+        }],
+        ..Default::default()
+    });
+    if inspect {
+        l.listener_filters = vec![li::ListenerFilter {
+            name: "envoy.filters.listener.http_inspector".into(),
+            config_type: Some(li::listener_filter::ConfigType::TypedConfig(any(&HttpInspector::default()))),
+            ..Default::default()
+        }];
+    }
+    l
+}
+
+/// An HTTP/1.1 server that answers every request with the client's address in `x-peer`.
+async fn peer_echo() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the peer echo");
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, peer)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nx-peer: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    peer.ip()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
 /// Which backend answers a GET on a fresh connection ("" when the proxy fails it).
 async fn backend_now(addr: SocketAddr) -> String {
     match http_get(addr, "/", &[]).await {
@@ -438,4 +517,55 @@ async fn xds_flags_are_checked() {
         assert!(!out.status.success(), "{args:?} must fail");
         assert!(out.stderr.contains(want), "{args:?}: stderr must contain {want:?}, got {}", out.stderr);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_inspection_picks_chains_and_clusters_bind_their_source_address() {
+    let a = HttpBackend::start("a").await;
+    let b = HttpBackend::start("b").await;
+    let echo = peer_echo().await;
+    let ads = Ads::new();
+    ads.set(CLUSTER, &eds_cluster());
+    ads.set(CLUSTER, &assignment(a.addr()));
+    ads.set("raw", &static_cluster("raw", b.addr(), None));
+    ads.set("from6", &static_cluster("from6", echo, Some("127.0.0.6")));
+    ads.set("sniff", &sniffing_listener("sniff", "raw", true));
+    ads.set("plain", &sniffing_listener("plain", "raw", false));
+    let mut bound = listener();
+    bound.name = "bound".into();
+    ads.set("bound", &bound);
+    let mut r = route();
+    let mut peer_route = r.virtual_hosts[0].routes[0].clone();
+    peer_route.r#match = Some(rt::RouteMatch {
+        path_specifier: Some(rt::route_match::PathSpecifier::Prefix("/peer".into())),
+        ..Default::default()
+    });
+    peer_route.action = Some(rt::route::Action::Route(rt::RouteAction {
+        cluster_specifier: Some(rt::route_action::ClusterSpecifier::Cluster("from6".into())),
+        ..Default::default()
+    }));
+    r.virtual_hosts[0].routes.insert(0, peer_route);
+    ads.set("80", &r);
+    let server = ads.serve("127.0.0.1:0".parse().unwrap()).await;
+    let builder = WeftProcess::builder(WEFT);
+    let bootstrap = builder.write_file("bootstrap.yaml", "admin: { address: \"127.0.0.1:0\" }\n");
+    let weft = builder
+        .arg("proxy")
+        .arg("--config")
+        .arg(&bootstrap)
+        .args(["--xds", &server.to_string(), "--node-id", NODE, "--concurrency", "1"])
+        .start()
+        .await;
+
+    // With the inspector, HTTP takes the connection manager (routes to a); without it, the
+    // connection is not known to be HTTP and takes the TCP chain (straight to b).
+    assert_eq!(backend_now(weft.listener("sniff")).await, "a");
+    assert_eq!(backend_now(weft.listener("plain")).await, "b");
+    let h2 = weft_test::h2c_get(weft.listener("sniff"), "/", &[]).await.expect("h2c through the sniffing listener");
+    assert_eq!(backend_of(&h2), "a");
+
+    // Connections of the cluster come from its bind address.
+    let resp = http_get(weft.listener("bound"), "/peer", &[]).await.expect("GET /peer");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("x-peer"), Some("127.0.0.6"));
 }

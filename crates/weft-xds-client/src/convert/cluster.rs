@@ -114,6 +114,7 @@ pub fn cluster(c: &pb::Cluster) -> R<ClusterSpec> {
             health_checks,
             panic_threshold_percent,
             metadata: cluster_labels(&c.metadata),
+            source_address: source_address(&ctx, &c.upstream_bind_config)?,
         },
         eds_service,
         locality_weighted,
@@ -138,9 +139,6 @@ fn reject_unsupported(ctx: &Ctx, c: &pb::Cluster) -> R<()> {
     }
     if c.lb_subset_config.as_ref().is_some_and(|s| !s.subset_selectors.is_empty()) {
         return Err(ctx.unsupported("lb_subset_config"));
-    }
-    if c.upstream_bind_config.is_some() {
-        return Err(ctx.unsupported("upstream_bind_config"));
     }
     if c.upstream_config.is_some() {
         return Err(ctx.unsupported("upstream_config"));
@@ -521,4 +519,25 @@ fn cluster_labels(md: &Option<core::Metadata>) -> Labels {
         }
     }
     out
+}
+
+/// `upstream_bind_config`: the local IP upstream connections come from (port chosen by the system).
+fn source_address(ctx: &Ctx, b: &Option<core::BindConfig>) -> R<Option<std::net::IpAddr>> {
+    let Some(b) = b else { return Ok(None) };
+    let f = "upstream_bind_config";
+    if b.freebind.as_ref().is_some_and(|v| v.value)
+        || !b.socket_options.is_empty()
+        || !b.extra_source_addresses.is_empty()
+        || !b.additional_source_addresses.is_empty()
+        || b.local_address_selector.is_some()
+    {
+        return Err(ctx.err(f, "only source_address is supported"));
+    }
+    let Some(sa) = &b.source_address else { return Ok(None) };
+    let addr = core::Address { address: Some(core::address::Address::SocketAddress(sa.clone())) };
+    let ip = socket_address(ctx, &format!("{f}.source_address"), &Some(addr))?;
+    if ip.port() != 0 {
+        return Err(ctx.err(format!("{f}.source_address.port_value"), "must be 0 (the system picks the port)"));
+    }
+    Ok(Some(ip.ip()))
 }

@@ -75,6 +75,7 @@ pub fn listener(l: &pb::Listener) -> R<Option<ListenerSpec>> {
     }
     let address = socket_address(&ctx, "address", &l.address)?;
     let mut use_original_dst = l.use_original_dst.as_ref().is_some_and(|b| b.value);
+    let mut http_inspection = false;
     for (i, f) in l.listener_filters.iter().enumerate() {
         let field = format!("listener_filters[{i}]");
         use pb::listener_filter::ConfigType as C;
@@ -94,8 +95,7 @@ pub fn listener(l: &pb::Listener) -> R<Option<ListenerSpec>> {
         match kind.as_str() {
             // weft reads the ClientHello whenever a chain matches on SNI, ALPN or transport.
             TLS_INSPECTOR => {}
-            // Only application_protocols on plaintext chains would use what it finds; those are rejected.
-            HTTP_INSPECTOR => {}
+            HTTP_INSPECTOR => http_inspection = true,
             ORIGINAL_DST => use_original_dst = true,
             other => return Err(ctx.err(field, format!("listener filter {other:?} is not supported"))),
         }
@@ -141,6 +141,7 @@ pub fn listener(l: &pb::Listener) -> R<Option<ListenerSpec>> {
             address,
             use_original_dst,
             detection_timeout,
+            http_inspection,
             filter_chains,
             default_chain,
         },
@@ -246,10 +247,6 @@ fn chain_match(ctx: &Ctx, f: &str, m: &pb::FilterChainMatch) -> R<ChainMatch> {
             )
         }
     };
-    // weft learns ALPN from a TLS ClientHello only (no HTTP sniffing into application_protocols).
-    if !m.application_protocols.is_empty() && transport != Some(Transport::Tls) {
-        return Err(ctx.err(format!("{f}.application_protocols"), "supported only with transport_protocol \"tls\""));
-    }
     let mut server_names = Vec::with_capacity(m.server_names.len());
     for (i, n) in m.server_names.iter().enumerate() {
         let n = n.to_ascii_lowercase();
