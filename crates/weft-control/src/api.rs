@@ -1,6 +1,9 @@
 //! The operator API (HTTP/1.1 + JSON) used by `weft apply/get/delete/check/proxy-config`.
 //! Shapes are in [`crate::wire`].
 
+// Helpers return the finished error reply as their `Err`; it is built at most once per request.
+#![allow(clippy::result_large_err)]
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;

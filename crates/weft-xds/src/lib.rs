@@ -300,7 +300,9 @@ mod tests {
 
     #[test]
     fn istio_node_ids_parse() {
-        let cases: &[(&str, ProxyType, &str, &str, &str, Option<&str>)] = &[
+        // id, type, name, namespace, domain, first IP
+        type Case<'a> = (&'a str, ProxyType, &'a str, &'a str, &'a str, Option<&'a str>);
+        let cases: &[Case] = &[
             (
                 "sidecar~10.0.0.7~reviews-v1-abc.bookinfo~bookinfo.svc.cluster.local",
                 ProxyType::Sidecar,
