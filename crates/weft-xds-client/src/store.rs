@@ -120,6 +120,8 @@ pub struct Store {
     /// Listeners as last applied, to fall back to when the proxy cannot bind a new version.
     applied_listeners: BTreeMap<String, Entry<Option<ListenerSpec>>>,
     rejected: BTreeMap<(Kind, String), Rejection>,
+    /// Endpoints and routes the server said do not exist: not waited for.
+    absent: BTreeSet<(Kind, String)>,
 }
 
 /// What changed in the store.
@@ -173,6 +175,7 @@ impl Store {
         }
         match self.convert(kind, name, decoded) {
             Ok(()) => {
+                self.absent.remove(&(kind, name.to_string()));
                 self.set_version(kind, name, version);
                 self.rejected.remove(&(kind, name.to_string()));
                 Ok(PutResult { changed: true })
@@ -244,9 +247,13 @@ impl Store {
         Ok(())
     }
 
-    /// Removes a resource the server deleted. Returns whether it was there.
+    /// Removes a resource the server deleted (or says does not exist). Returns whether it was
+    /// there.
     pub fn remove(&mut self, kind: Kind, name: &str) -> bool {
         self.rejected.remove(&(kind, name.to_string()));
+        if !kind.wildcard() {
+            self.absent.insert((kind, name.to_string()));
+        }
         match kind {
             Kind::Cluster => self.clusters.remove(name).is_some(),
             Kind::Endpoint => self.endpoints.remove(name).is_some(),
@@ -278,24 +285,23 @@ impl Store {
         let before = self.endpoints.len() + self.routes.len();
         self.endpoints.retain(|n, _| eds.contains(n));
         self.routes.retain(|n, _| rds.contains(n));
-        self.rejected.retain(|(k, n), _| match k {
+        let wanted = |k: &Kind, n: &String| match k {
             Kind::Endpoint => eds.contains(n),
             Kind::Route => rds.contains(n),
             _ => true,
-        });
+        };
+        self.rejected.retain(|(k, n), _| wanted(k, n));
+        self.absent.retain(|(k, n)| wanted(k, n));
         before != self.endpoints.len() + self.routes.len()
     }
 
-    /// What the accepted resources refer to but the store does not have yet.
+    /// What the accepted resources refer to but the store does not have yet (and the server has
+    /// not said does not exist).
     pub fn missing(&self) -> Vec<(Kind, String)> {
-        let mut out: Vec<(Kind, String)> = self
-            .eds_wanted()
-            .into_iter()
-            .filter(|n| !self.endpoints.contains_key(n))
-            .map(|n| (Kind::Endpoint, n))
-            .collect();
-        out.extend(self.rds_wanted().into_iter().filter(|n| !self.routes.contains_key(n)).map(|n| (Kind::Route, n)));
-        out
+        let eds =
+            self.eds_wanted().into_iter().filter(|n| !self.endpoints.contains_key(n)).map(|n| (Kind::Endpoint, n));
+        let rds = self.rds_wanted().into_iter().filter(|n| !self.routes.contains_key(n)).map(|n| (Kind::Route, n));
+        eds.chain(rds).filter(|k| !self.absent.contains(k)).collect()
     }
 
     /// A content fingerprint of everything accepted (and the static part): equal fingerprints,

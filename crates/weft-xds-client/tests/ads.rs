@@ -208,6 +208,7 @@ impl AggregatedDiscoveryService for Ads {
             // type → (wildcard, names, versions the client has)
             let mut subs: HashMap<String, (bool, BTreeSet<String>, BTreeMap<String, String>)> = HashMap::new();
             let mut nonce = 0u64;
+            let mut not_found: Option<DeltaDiscoveryResponse> = None;
             loop {
                 tokio::select! {
                     m = input.message() => {
@@ -233,9 +234,27 @@ impl AggregatedDiscoveryService for Ads {
                             e.1.remove(n);
                             e.2.remove(n);
                         }
+                        // A name that does not exist is answered in removed_resources, once.
+                        let all = ads.snapshot(&r.type_url);
+                        let absent: Vec<String> =
+                            r.resource_names_subscribe.iter().filter(|n| !all.contains_key(*n)).cloned().collect();
+                        if !absent.is_empty() {
+                            nonce += 1;
+                            not_found = Some(DeltaDiscoveryResponse {
+                                removed_resources: absent,
+                                type_url: r.type_url.clone(),
+                                nonce: nonce.to_string(),
+                                ..Default::default()
+                            });
+                        }
                     }
                     _ = changed.changed() => {}
                     _ = stop.wait_for(|s| *s) => return,
+                }
+                if let Some(resp) = not_found.take() {
+                    if tx.send(resp).await.is_err() {
+                        return;
+                    }
                 }
                 for (ty, (wildcard, names, known)) in subs.iter_mut() {
                     let all = ads.snapshot(ty);
@@ -424,7 +443,8 @@ fn start_client(server: SocketAddr, protocol: Protocol, refuse: Option<&'static 
     opts.protocol = protocol;
     opts.backoff_min = Duration::from_millis(50);
     opts.backoff_max = Duration::from_millis(200);
-    opts.initial_fetch_timeout = Duration::from_secs(10);
+    // Longer than any wait in these tests: nothing is applied because a wait ran out.
+    opts.initial_fetch_timeout = Duration::from_secs(60);
     let status = Arc::new(Status::new(&server.to_string(), "test", protocol));
     let applied = Applied::default();
     let sink = applied.clone();
@@ -608,6 +628,22 @@ async fn a_listener_the_proxy_cannot_bind_is_nacked_and_the_rest_applies() {
     let cfg = applied.last().unwrap();
     assert!(cfg.listeners.iter().any(|l| l.name == "l1"));
     assert!(!cfg.listeners.iter().any(|l| l.name == "l-busy"));
+}
+
+#[tokio::test]
+async fn a_route_the_server_says_does_not_exist_is_not_waited_for() {
+    let ads = Ads::new();
+    publish(&ads, 8001);
+    ads.set("l2", &listener("l2", "nope"));
+    let addr = ads.serve("127.0.0.1:0".parse().unwrap()).await;
+    let (applied, _status) = start_client(addr, Protocol::Delta, None);
+    eventually("first config", || applied.count() > 0).await;
+    let cfg = applied.last().unwrap();
+    assert!(cfg.listeners.iter().any(|l| l.name == "l2"));
+    assert!(!cfg.route_configs.contains_key("nope"));
+    // It arrives later: applied as it comes.
+    ads.set("nope", &route("nope", "c1"));
+    eventually("late route", || applied.last().is_some_and(|c| c.route_configs.contains_key("nope"))).await;
 }
 
 #[test]
