@@ -216,6 +216,8 @@ impl Session {
             t.responded = true;
         }
         let mut seen = BTreeSet::new();
+        // A resource whose name cannot be read might be one already held: then nothing is removed.
+        let mut unnamed = false;
         for (i, any) in r.resources.iter().enumerate() {
             // Resources may come wrapped in `envoy.service.discovery.v3.Resource`.
             let (name, body) = if any.type_url == PbResource::type_url() {
@@ -224,6 +226,7 @@ impl Session {
                     Ok(_) => continue,
                     Err(e) => {
                         h.errors.push(format!("{} resources[{i}]: cannot decode Resource: {e}", kind.short()));
+                        unnamed = true;
                         continue;
                     }
                 }
@@ -236,6 +239,7 @@ impl Session {
                     Ok(d) => d.name().to_string(),
                     Err(e) => {
                         h.errors.push(format!("{} resources[{i}]: {e}", kind.short()));
+                        unnamed = true;
                         continue;
                     }
                 },
@@ -246,7 +250,7 @@ impl Session {
             put(store, kind, &name, &version, &body, &mut h);
         }
         // For clusters and listeners a response is the whole set: what is absent is gone.
-        if kind.wildcard() {
+        if kind.wildcard() && !unnamed {
             for name in store.names(kind) {
                 if !seen.contains(&name) && store.remove(kind, &name) {
                     h.changed = true;
