@@ -493,6 +493,12 @@ async fn a_proxy_follows_the_control_plane_rejects_bad_resources_and_outlives_it
     assert!(prom_sum(&prom, "weft_xds_connects_total", &[]) >= 2.0);
     let stats = admin_get(&weft, "/stats").await;
     assert_eq!(stat(&stats, "xds.connected"), 1, "{stats}");
+
+    // SIGTERM drains and exits as in static mode, with the ADS stream open.
+    let mut weft = weft;
+    weft.signal(weft_test::SIGTERM);
+    let status = weft.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{}", weft.output_report());
 }
 
 #[tokio::test]
