@@ -7,8 +7,11 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::{reload, EnvFilter};
 
+mod agent;
+mod capture;
 mod cli;
 mod demo;
+mod dns;
 mod xds;
 
 /// EX_USAGE from sysexits.h: bad configuration or arguments.
@@ -53,6 +56,13 @@ enum Cmd {
     Check(cli::CheckArgs),
     /// Show the config a proxy last acknowledged, like `istioctl proxy-config`.
     ProxyConfig(cli::ProxyConfigArgs),
+    /// Run the node agent (VMs, bare metal): register this host's services, health-check them,
+    /// supervise the proxy and DNS; `weft agent status` shows what is registered.
+    Agent(agent::Args),
+    /// Run Mesh-DNS: mesh names to service VIPs from the control plane, everything else forwarded.
+    Dns(dns::Args),
+    /// Install, remove or show traffic capture rules (iptables/nftables) for the sidecar.
+    Capture(capture::Args),
     /// Run a local demo: a backend with two versions behind two weft sidecars, with live traffic.
     Demo(demo::DemoArgs),
     /// Built-in HTTP backend used by the demo and benchmarks (echoes the request as JSON).
@@ -181,6 +191,9 @@ fn main() -> ExitCode {
         },
         Cmd::ProxyConfig(a) => run_cli(cli::proxy_config(a)),
         Cmd::Demo(a) => demo::run(a),
+        Cmd::Agent(a) => agent::run(a),
+        Cmd::Dns(a) => dns::run(a),
+        Cmd::Capture(a) => capture::run(a),
         Cmd::DemoBackend { listen, name } => demo::run_backend(listen, name),
     }
 }
