@@ -294,7 +294,14 @@ fn inbound_ports(scope: &Scope, node: &NodeInfo) -> Vec<InboundPort> {
                 protocol: l.port.protocol.clone(),
                 target,
                 target_port,
-                bind: bind_mode.then(|| l.bind.clone().unwrap_or_else(|| "0.0.0.0".to_string())),
+                // Without `bind`, a captureMode NONE ingress listener binds the workload's own
+                // address (its first INSTANCE_IPS entry), as Istio does, so that several
+                // workloads on one host can serve the same port.
+                bind: bind_mode.then(|| {
+                    l.bind
+                        .clone()
+                        .unwrap_or_else(|| node.ips.first().map_or("0.0.0.0".to_string(), |ip| ip.to_string()))
+                }),
             });
         }
         return out;

@@ -473,3 +473,35 @@ spec:
     assert_eq!(matches, [(Some(7000), vec![]), (Some(7000), vec!["http/1.1".to_string(), "h2c".to_string()])]);
     assert_eq!(l.listener_filters.len(), 1, "http_inspector");
 }
+
+#[test]
+fn bind_mode_ingress_without_bind_listens_on_the_workload_address() {
+    let yaml = format!(
+        "{SERVICES}---\n{}",
+        r#"apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: a, namespace: ns1}
+spec:
+  ingress:
+  - port: {number: 80, protocol: HTTP, name: http}
+    captureMode: NONE
+    defaultEndpoint: 0.0.0.0:8080
+  - port: {number: 81, protocol: HTTP, name: http2}
+    bind: 127.0.0.7
+    captureMode: NONE
+    defaultEndpoint: 127.0.0.1:8081
+"#
+    );
+    let (m, _) = mesh(&yaml);
+    let mut with_ip = node("ns1", &[]);
+    with_ip.ips = vec!["10.1.0.1".parse().unwrap()];
+    let mut without_ip = node("ns1", &[]);
+    without_ip.ips.clear();
+    for (n, want) in [(&with_ip, ["10.1.0.1_80", "127.0.0.7_81"]), (&without_ip, ["0.0.0.0_80", "127.0.0.7_81"])] {
+        let got = names(&m.generate(n), type_url::LISTENER);
+        for w in want {
+            assert!(got.contains(w), "{w} not in {got:?}");
+        }
+        assert!(!got.contains("virtualInbound"), "{got:?}");
+    }
+}
