@@ -109,6 +109,7 @@ fn outbound(
     let original_dst =
         matches!(s.resolution, Resolution::None) || s.is_wildcard() || simple == Some(SimpleLb::Passthrough);
     let mut c = base_cluster(&name);
+    c.metadata = Some(service_metadata(s));
     apply_connection_pool(&mut c, policy.pool.as_ref(), &port.protocol);
     let endpoints: Vec<&Endpoint> = s
         .endpoints
@@ -130,6 +131,8 @@ fn outbound(
             locality: None,
             weight: 1,
             healthy: true,
+            workload: String::new(),
+            namespace: String::new(),
         };
         let targets: Vec<(&Endpoint, u16)> = if matches!(s.resolution, Resolution::Dns | Resolution::DnsRoundRobin)
             && endpoints.is_empty()
@@ -380,8 +383,36 @@ fn endpoint_address(e: &Endpoint, port: u16) -> envoy_types::pb::envoy::config::
     }
 }
 
+/// Istio's endpoint metadata `istio.workload`: `NAME;NAMESPACE;CANONICAL_NAME;REVISION;CLUSTER`,
+/// which proxies turn into the `destination_workload`, `destination_app` and
+/// `destination_version` labels of their metrics.
+fn workload_metadata(e: &Endpoint) -> Option<envoy_types::pb::envoy::config::core::v3::Metadata> {
+    if e.namespace.is_empty() {
+        return None;
+    }
+    let label = |keys: &[&str]| keys.iter().find_map(|k| e.labels.get(*k)).cloned();
+    let canonical = label(&["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"])
+        .unwrap_or_else(|| e.workload.clone());
+    let revision =
+        label(&["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"]).unwrap_or_default();
+    let value = format!("{};{};{};{};", e.workload, e.namespace, canonical, revision);
+    Some(pb::metadata("istio", [("workload", pb::string_value(value))]))
+}
+
+/// Istio's cluster metadata `istio.services`: the destination service of the cluster's traffic.
+fn service_metadata(s: &Service) -> envoy_types::pb::envoy::config::core::v3::Metadata {
+    let name = s.host.strip_suffix(&format!(".{}.svc.cluster.local", s.namespace)).unwrap_or(&s.host);
+    let service = pb::struct_value([
+        ("host", pb::string_value(s.host.clone())),
+        ("name", pb::string_value(name.to_string())),
+        ("namespace", pb::string_value(s.namespace.clone())),
+    ]);
+    pb::metadata("istio", [("services", pb::list_value(vec![service]))])
+}
+
 fn lb_endpoint(e: &Endpoint, port: u16) -> LbEndpoint {
     LbEndpoint {
+        metadata: workload_metadata(e),
         health_status: if e.healthy { HealthStatus::Healthy } else { HealthStatus::Unhealthy } as i32,
         load_balancing_weight: Some(pb::u32v(e.weight)),
         host_identifier: Some(HostIdentifier::Endpoint(PbEndpoint {
@@ -609,6 +640,8 @@ pub fn inbound(name: &str, target: &Address, port: u16, protocol: &Protocol) -> 
         locality: None,
         weight: 1,
         healthy: true,
+        workload: String::new(),
+        namespace: String::new(),
     };
     let mut cla = load_assignment(name, &[(&e, port)]);
     cla.endpoints.iter_mut().for_each(|g| g.load_balancing_weight = None);
@@ -649,6 +682,8 @@ mod tests {
             locality: (!locality.is_empty()).then(|| loc(locality)),
             weight,
             healthy: true,
+            workload: String::new(),
+            namespace: String::new(),
         }
     }
 

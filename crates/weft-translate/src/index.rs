@@ -73,11 +73,17 @@ pub struct Endpoint {
     pub locality: Option<Locality>,
     pub weight: u32,
     pub healthy: bool,
+    /// The workload's name (WorkloadEntry or instance name; empty for inline endpoints) and
+    /// namespace, for the destination labels of the proxies' metrics.
+    pub workload: String,
+    pub namespace: String,
 }
 
 impl Endpoint {
-    fn from_entry(we: &WorkloadEntry, healthy: bool) -> Option<Endpoint> {
+    fn from_entry(we: &WorkloadEntry, healthy: bool, workload: &str, namespace: &str) -> Option<Endpoint> {
         Some(Endpoint {
+            workload: workload.to_string(),
+            namespace: namespace.to_string(),
             address: we.address.clone()?,
             ports: we.ports.clone(),
             labels: we.labels.clone(),
@@ -179,13 +185,13 @@ pub fn build(input: &Input, warnings: &mut Vec<Warning>) -> BTreeMap<String, Ten
                         se.addresses.clone()
                     };
                     let mut endpoints: Vec<Endpoint> =
-                        se.endpoints.iter().filter_map(|we| Endpoint::from_entry(we, true)).collect();
+                        se.endpoints.iter().filter_map(|we| Endpoint::from_entry(we, true, "", &ns)).collect();
                     let tenant_ns = (r.tenant().to_string(), ns.clone());
                     if let Some(sel) = se.workload_selector.as_ref().filter(|s| !s.labels.is_empty()) {
                         for (we_key, we) in entries_by_ns.get(&tenant_ns).into_iter().flatten() {
                             if sel.matches(&we.labels) {
                                 used_entries.insert(we_key.clone());
-                                endpoints.extend(Endpoint::from_entry(we, true));
+                                endpoints.extend(Endpoint::from_entry(we, true, &we_key.name, &ns));
                             }
                         }
                     }
@@ -194,7 +200,12 @@ pub fn build(input: &Input, warnings: &mut Vec<Warning>) -> BTreeMap<String, Ten
                         let by_host =
                             inst.service_hosts.iter().any(|h| resolve_host(h, &ns, &opts.domain_suffix) == fqdn);
                         if by_label || by_host {
-                            endpoints.extend(Endpoint::from_entry(&inst.to_workload_entry(), inst.healthy));
+                            endpoints.extend(Endpoint::from_entry(
+                                &inst.to_workload_entry(),
+                                inst.healthy,
+                                &inst.name,
+                                &ns,
+                            ));
                         }
                     }
                     if se.resolution == Resolution::Static

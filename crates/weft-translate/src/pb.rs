@@ -3,12 +3,13 @@
 
 use std::time::Duration as StdDuration;
 
+use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, socket_address, Address, AggregatedConfigSource, ApiVersion, ConfigSource, Pipe,
     SocketAddress,
 };
 use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
-use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
+use envoy_types::pb::google::protobuf::{value::Kind, Any, BoolValue, Duration, ListValue, Struct, UInt32Value, Value};
 use prost::{Message, Name};
 
 /// Packs a message into an `Any` with its type URL.
@@ -60,6 +61,30 @@ pub fn pipe(path: &str) -> Address {
 pub fn per_million(percent: f64) -> FractionalPercent {
     let numerator = (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32;
     FractionalPercent { numerator, denominator: DenominatorType::Million as i32 }
+}
+
+pub fn string_value(s: String) -> Value {
+    Value { kind: Some(Kind::StringValue(s)) }
+}
+
+pub fn list_value(values: Vec<Value>) -> Value {
+    Value { kind: Some(Kind::ListValue(ListValue { values })) }
+}
+
+fn pb_struct<'a>(fields: impl IntoIterator<Item = (&'a str, Value)>) -> Struct {
+    Struct { fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect() }
+}
+
+pub fn struct_value<'a>(fields: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
+    Value { kind: Some(Kind::StructValue(pb_struct(fields))) }
+}
+
+/// `filter_metadata[namespace]` with the given fields.
+pub fn metadata<'a>(namespace: &str, fields: impl IntoIterator<Item = (&'a str, Value)>) -> Metadata {
+    Metadata {
+        filter_metadata: [(namespace.to_string(), pb_struct(fields))].into_iter().collect(),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
