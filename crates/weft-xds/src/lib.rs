@@ -19,6 +19,8 @@ pub mod type_url {
     pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
     pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
     pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    /// The DNS name table (Istio's NDS): one resource per node, see [`crate::nds`].
+    pub const NAME_TABLE: &str = "type.googleapis.com/istio.networking.nds.v1.NameTable";
 
     /// The order in which a proxy must apply updates so that nothing refers to what it does not
     /// have yet (clusters before the routes that name them, endpoints before the clusters warm).
@@ -31,7 +33,57 @@ pub mod type_url {
             ROUTE => "RDS",
             CLUSTER => "CDS",
             ENDPOINT => "EDS",
+            NAME_TABLE => "NDS",
             other => other.rsplit('.').next().unwrap_or(other),
+        }
+    }
+}
+
+/// Istio's DNS name table (`istio.networking.nds.v1`, pkg/dns/proto/nds.proto), written out
+/// with prost derives: the same field numbers, so Istio agents and Weft read each other's tables.
+pub mod nds {
+    use std::collections::BTreeMap;
+
+    /// The name of the one name table resource a node receives. Istio's NDS resource has no
+    /// name (state of the world carries only the `Any`); Weft uses the empty name in delta too.
+    pub const RESOURCE_NAME: &str = "";
+
+    /// Host name → what it resolves to. A sorted map, so equal tables encode to equal bytes.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NameTable {
+        #[prost(btree_map = "string, message", tag = "1")]
+        pub table: BTreeMap<String, NameInfo>,
+        /// Istio's per-host form (the host in the resource's name); Weft neither sends nor reads it.
+        #[prost(message, optional, tag = "2")]
+        pub name_info: Option<NameInfo>,
+    }
+
+    /// `NameTable.NameInfo`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NameInfo {
+        /// The addresses of the host (the service's virtual IPs).
+        #[prost(string, repeated, tag = "1")]
+        pub ips: Vec<String>,
+        /// `Kubernetes` for hosts of the form `NAME.NS.svc.SUFFIX` (clients derive short names
+        /// from `shortname` and `namespace`), `External` for other hosts.
+        #[prost(string, tag = "2")]
+        pub registry: String,
+        #[prost(string, tag = "3")]
+        pub shortname: String,
+        #[prost(string, tag = "4")]
+        pub namespace: String,
+        /// Other names of the host for this node (deprecated in Istio; Weft lists the short
+        /// forms the node's clients may ask here, so the table holds every name).
+        #[prost(string, repeated, tag = "5")]
+        pub alt_hosts: Vec<String>,
+    }
+
+    impl prost::Name for NameTable {
+        const NAME: &'static str = "NameTable";
+        const PACKAGE: &'static str = "istio.networking.nds.v1";
+
+        fn type_url() -> String {
+            crate::type_url::NAME_TABLE.to_string()
         }
     }
 }
@@ -354,6 +406,32 @@ mod tests {
         assert_eq!(n.ips, ips, "no repeats, id address first");
         assert_eq!(n.generator, Generator::Grpc);
         assert_eq!(n.tenant, DEFAULT_TENANT);
+    }
+
+    #[test]
+    fn name_table_matches_istio_wire_format() {
+        use prost::Message;
+        let mut t = nds::NameTable::default();
+        t.table.insert(
+            "a.b".into(),
+            nds::NameInfo {
+                ips: vec!["240.240.0.1".into()],
+                registry: "External".into(),
+                alt_hosts: vec!["x".into()],
+                ..Default::default()
+            },
+        );
+        let r = Resource::new(nds::RESOURCE_NAME, &t);
+        assert_eq!(r.type_url(), type_url::NAME_TABLE);
+        assert_eq!(type_url::short(type_url::NAME_TABLE), "NDS");
+        // field 1 (map entry, length-delimited): key "a.b" (1), value NameInfo (2) with ips (1),
+        // registry (2) and alt_hosts (5).
+        let bytes = t.encode_to_vec();
+        assert_eq!(bytes[0], 0x0a);
+        let info = [&[0x0a, 11][..], b"240.240.0.1", &[0x12, 8], b"External", &[0x2a, 1], b"x"].concat();
+        let entry = [&[0x0a, 3][..], b"a.b", &[0x12, info.len() as u8], &info].concat();
+        assert_eq!(bytes, [&[0x0a, entry.len() as u8][..], &entry].concat());
+        assert_eq!(nds::NameTable::decode(bytes.as_slice()).unwrap(), t);
     }
 
     #[test]
