@@ -48,6 +48,15 @@ pub use subscription::WILDCARD;
 /// unchanged resources keeps the server's memory per proxy small.
 pub trait Source: Send + Sync + 'static {
     fn generate(&self, node: &NodeInfo) -> Arc<ResourceSet>;
+
+    /// The resources of the types a stream subscribes to (`types`, sorted, never empty): the
+    /// server only looks at those. A source with types that are costly to build and that few
+    /// proxies ask for (a DNS name table) builds them only when they appear here; the default
+    /// builds everything.
+    fn generate_types(&self, node: &NodeInfo, types: &[String]) -> Arc<ResourceSet> {
+        let _ = types;
+        self.generate(node)
+    }
 }
 
 impl<F> Source for F

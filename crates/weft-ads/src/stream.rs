@@ -436,7 +436,17 @@ impl<Resp> Ctx<Resp> {
             .await
             .map_err(|_| Close::Status(Status::unavailable("the control plane is shutting down")))?;
         let conn = self.conn.clone();
-        let set = tokio::task::spawn_blocking(move || source.generate(&conn.node)).await.map_err(|e| {
+        let types: Vec<String> =
+            self.conn.lock().types.iter().filter(|(_, ts)| !ts.sub.is_empty()).map(|(t, _)| t.clone()).collect();
+        let set = tokio::task::spawn_blocking(move || {
+            if types.is_empty() {
+                Arc::new(ResourceSet::default())
+            } else {
+                source.generate_types(&conn.node, &types)
+            }
+        })
+        .await
+        .map_err(|e| {
             tracing::error!(node = %self.conn.node.id, error = %e, "generating resources failed");
             Close::Status(Status::internal(format!("generating resources for node {:?} failed", self.conn.node.id)))
         })?;

@@ -40,6 +40,12 @@ impl Source for MeshSource {
     fn generate(&self, node: &NodeInfo) -> Arc<ResourceSet> {
         Arc::new(self.0.generate(node))
     }
+
+    /// The name table only for streams that subscribe to it (weft dns), and nothing else for
+    /// streams that subscribe to nothing else.
+    fn generate_types(&self, node: &NodeInfo, types: &[String]) -> Arc<ResourceSet> {
+        Arc::new(self.0.generate_for(node, types))
+    }
 }
 
 pub fn now_unix_ms() -> u64 {

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod cluster;
+mod dns;
 mod index;
 mod listener;
 pub mod naming;
@@ -32,6 +33,7 @@ use crate::listener::InboundPort;
 use crate::naming::{inbound_cluster, outbound_cluster, resolve_host};
 use crate::scope::{matching_selectors, proxy_locality, select_sidecar, Scope, ScopeKey, ScopeProxy};
 
+pub use crate::dns::{REGISTRY_EXTERNAL, REGISTRY_KUBERNETES};
 pub use crate::route::{DEFAULT_RETRIABLE_STATUS, DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_ON};
 
 /// Istio's default DNS domain suffix.
@@ -100,6 +102,8 @@ pub struct Mesh {
     tenants: BTreeMap<String, Tenant>,
     empty: Tenant,
     cache: Mutex<HashMap<ScopeKey, Arc<ResourceSet>>>,
+    /// Name tables (NDS), built on first request per tenant, namespace and Sidecar.
+    dns_cache: dns::DnsCache,
 }
 
 impl fmt::Debug for Mesh {
@@ -118,8 +122,13 @@ impl Mesh {
         let tenants = index::build(&input, &mut warnings);
         warnings.sort();
         warnings.dedup();
-        let mesh =
-            Mesh { options: input.options, tenants, empty: Tenant::default(), cache: Mutex::new(HashMap::new()) };
+        let mesh = Mesh {
+            options: input.options,
+            tenants,
+            empty: Tenant::default(),
+            cache: Mutex::new(HashMap::new()),
+            dns_cache: Default::default(),
+        };
         (mesh, warnings)
     }
 
