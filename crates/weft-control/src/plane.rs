@@ -22,7 +22,7 @@ pub struct View {
     pub mesh: Arc<Mesh>,
     pub resources: Vec<Arc<Resource>>,
     pub warnings: Vec<String>,
-    /// Distinct service hosts (per tenant) declared by ServiceEntries.
+    /// Distinct service hosts per tenant, from ServiceEntries and from instances.
     pub services: usize,
 }
 
@@ -137,7 +137,7 @@ impl Plane {
                 Err(e) => warnings.push(format!("instance {}: skipped: {e}", inst.key)),
             }
         }
-        let wanted = Mesh::hosts_needing_vips(&resources);
+        let wanted = Mesh::hosts_needing_vips(&resources, &instances);
         let vips = self.store.allocate_vips(&wanted)?;
         let keep: BTreeSet<(String, String)> = wanted.into_iter().collect();
         self.store.release_vips(&keep)?;
@@ -145,15 +145,7 @@ impl Plane {
         let input = Input { resources: resources.clone(), instances, vips, options: Default::default() };
         let (mesh, mesh_warnings) = Mesh::build(input);
         warnings.extend(mesh_warnings.iter().map(|w| w.to_string()));
-        let services: BTreeSet<(&str, &str)> = resources
-            .iter()
-            .filter_map(|r| match &r.spec {
-                weft_istio::Spec::ServiceEntry(se) => Some(se.hosts.iter().map(move |h| (r.tenant(), h.as_str()))),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        let services = services.len();
+        let services = mesh.service_count();
         Ok(View { revision, mesh: Arc::new(mesh), resources, warnings, services })
     }
 

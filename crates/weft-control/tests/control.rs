@@ -183,3 +183,65 @@ async fn an_endpoint_change_reaches_the_proxy_as_an_eds_update() {
         .unwrap();
     control.stop().await;
 }
+
+/// An instance that declares its service (as `weft agent` registers one): the host gets a VIP
+/// from the reserved range and a cluster with the instance as endpoint; the VIP is released when
+/// the last instance goes, and the service with it.
+#[tokio::test]
+async fn instances_declaring_a_service_get_a_vip_until_the_last_one_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = Control::start(opts(dir.path())).await.unwrap();
+    let instance = |ip: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "instance": {
+                "address": ip,
+                "labels": {"app": "ratings"},
+                "service": {"host": "ratings", "ports": [{"name": "http", "number": 9080, "protocol": "HTTP"}]},
+            },
+            "ttl_seconds": 30,
+        }))
+        .unwrap()
+    };
+    for (name, ip) in [("ratings-vm-1", "127.0.0.31"), ("ratings-vm-2", "127.0.0.32")] {
+        let path = format!("/v1/instances/shop/{name}");
+        let (status, body) = call(control.api_addr, http::Method::PUT, &path, Some(instance(ip))).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    let vip_of = |plane: &weft_control::Plane| {
+        plane.store().vips().unwrap().get(&("default".to_string(), "ratings.shop.svc.cluster.local".to_string())).copied()
+    };
+    let allocated = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let (Some(vip), true) = (vip_of(&control.plane), control.plane.view().services == 1) {
+                return vip;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a VIP is allocated for the declared host");
+    assert!(weft_store::is_allocatable(allocated), "{allocated} is in the reserved range");
+
+    let endpoint = format!("http://{}", control.xds_addr);
+    let client = SimClient::connect(&endpoint, node(), SimConfig::wildcard(Protocol::Delta)).await.unwrap();
+    let cluster = "outbound|9080||ratings.shop.svc.cluster.local";
+    client
+        .wait_until(Duration::from_secs(10), "the declared service's cluster", |s| {
+            s.names(type_url::CLUSTER).contains(&cluster) && s.names(type_url::ENDPOINT).contains(&cluster)
+        })
+        .await
+        .unwrap();
+
+    // One instance gone: the VIP stays. Both gone: released, and the service disappears.
+    let (status, _) = call(control.api_addr, http::Method::DELETE, "/v1/instances/shop/ratings-vm-1", None).await;
+    assert_eq!(status, 200);
+    let (status, _) = call(control.api_addr, http::Method::DELETE, "/v1/instances/shop/ratings-vm-2", None).await;
+    assert_eq!(status, 200);
+    client
+        .wait_until(Duration::from_secs(10), "the cluster is removed", |s| !s.names(type_url::CLUSTER).contains(&cluster))
+        .await
+        .unwrap();
+    assert_eq!(vip_of(&control.plane), None, "the VIP is released with the last instance");
+    assert_eq!(control.plane.view().services, 0);
+    control.stop().await;
+}

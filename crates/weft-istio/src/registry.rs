@@ -1,5 +1,8 @@
 //! Service instances from registries (VM agents, the API): what ServiceEntries select by
-//! `workloadSelector` labels, exactly like WorkloadEntries.
+//! `workloadSelector` labels, exactly like WorkloadEntries. An instance may also declare the
+//! service it provides ([`InstanceService`]: host and ports), as Consul or Nacos registrations
+//! do; the translator then builds that service from the instances when no ServiceEntry defines
+//! the host.
 //!
 //! Instances are stored as JSON (serde); [`Instance::validate`] checks one at the edge with the
 //! same error type and wording as the Istio resources.
@@ -10,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{Address, Labels, Locality, WorkloadEntry, WorkloadSelector};
+use crate::spec::{Address, Labels, Locality, Protocol, ServicePort, WorkloadEntry, WorkloadSelector};
 use crate::walk::{check_dns1123_label, check_dns1123_subdomain, check_label_key, check_label_value, check_port_name};
 use crate::{Error, Errors};
 
@@ -47,6 +50,85 @@ pub struct Instance {
     /// The instance disappears unless renewed within this time; None: until deregistered.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "duration_serde")]
     pub lease_ttl: Option<Duration>,
+    /// The service this instance provides, declared by the instance itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<InstanceService>,
+}
+
+/// A service declared by its instances: the host and its ports. Instances of one namespace that
+/// declare the same host form one service (MESH_INTERNAL, STATIC endpoints, an allocated VIP);
+/// a ServiceEntry for the host takes precedence and the instances join it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InstanceService {
+    /// An FQDN, or a short name resolved in the instance's namespace
+    /// (`reviews` → `reviews.NAMESPACE.svc.cluster.local`).
+    pub host: String,
+    pub ports: Vec<InstancePort>,
+}
+
+/// One port of a declared service. The instance receives it on its own port of the same name
+/// (`Instance::ports`), else on `number`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InstancePort {
+    pub name: String,
+    pub number: u16,
+    /// One of [`PROTOCOLS`] (any case); empty: inferred from the name's prefix, as Istio does.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+}
+
+/// The protocol names a declared port may carry (Istio's, case-insensitive).
+pub const PROTOCOLS: [&str; 12] =
+    ["HTTP", "HTTP2", "HTTP_PROXY", "GRPC", "GRPC-Web", "HTTPS", "TLS", "TCP", "UDP", "Mongo", "Redis", "MySQL"];
+
+impl InstancePort {
+    /// The port in ServiceEntry shape.
+    pub fn to_service_port(&self) -> ServicePort {
+        let protocol = if self.protocol.is_empty() { None } else { Some(self.protocol.as_str()) };
+        ServicePort {
+            number: self.number,
+            protocol: Protocol::infer(protocol, None, &self.name),
+            name: self.name.clone(),
+            target_port: None,
+        }
+    }
+}
+
+impl InstanceService {
+    /// Checks the host and the ports (names and numbers unique, known protocols).
+    fn validate(&self, mut err: impl FnMut(&str, String)) {
+        if let Err(m) = crate::walk::check_host(&self.host, false) {
+            err("service.host", m);
+        } else if self.host.starts_with('*') {
+            err("service.host", format!("{:?}: a declared service needs a concrete host, not a wildcard", self.host));
+        }
+        if self.ports.is_empty() {
+            err("service.ports", "at least one port is required".into());
+        }
+        for (i, p) in self.ports.iter().enumerate() {
+            let field = format!("service.ports[{i}]");
+            if let Err(m) = check_port_name(&p.name) {
+                err(&format!("{field}.name"), m);
+            }
+            if p.number == 0 {
+                err(&format!("{field}.number"), "port 0 is not valid (1..65535)".into());
+            }
+            if !p.protocol.is_empty() && matches!(Protocol::parse(&p.protocol), Protocol::Unsupported(_)) {
+                err(
+                    &format!("{field}.protocol"),
+                    format!("unknown value {:?} (expected one of {})", p.protocol, PROTOCOLS.join(", ")),
+                );
+            }
+            if let Some(j) = self.ports[..i].iter().position(|q| q.name == p.name) {
+                err(&format!("{field}.name"), format!("{:?} is already used by service.ports[{j}]", p.name));
+            }
+            if let Some(j) = self.ports[..i].iter().position(|q| q.number == p.number) {
+                err(&format!("{field}.number"), format!("{} is already used by service.ports[{j}]", p.number));
+            }
+        }
+    }
 }
 
 fn default_str() -> String {
@@ -155,6 +237,9 @@ impl Instance {
             if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(24 * 3600) {
                 err("leaseTtl", "must be between 1s and 24h".into());
             }
+        }
+        if let Some(service) = &self.service {
+            service.validate(&mut err);
         }
         if errs.is_empty() {
             Ok(())

@@ -830,6 +830,40 @@ mod registry_instances {
     }
 
     #[test]
+    fn instances_declare_their_service_with_ports_and_protocols() {
+        let i = Instance::from_json(
+            "api",
+            json(serde_json::json!({"service": {"host": "inventory", "ports": [
+                {"name": "http", "number": 9080, "protocol": "http"},
+                {"name": "grpc-api", "number": 9090},
+                {"name": "db", "number": 5432, "protocol": "TCP"},
+            ]}})),
+        )
+        .unwrap();
+        let service = i.service.as_ref().unwrap();
+        assert_eq!(service.host, "inventory");
+        let ports: Vec<(u16, String, String)> = service
+            .ports
+            .iter()
+            .map(|p| p.to_service_port())
+            .map(|p| (p.number, p.name, p.protocol.to_string()))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                (9080, "http".to_string(), "HTTP".to_string()),
+                (9090, "grpc-api".to_string(), "GRPC".to_string()),
+                (5432, "db".to_string(), "TCP".to_string()),
+            ]
+        );
+        let stored = serde_json::to_value(&i).unwrap();
+        assert_eq!(stored["service"]["ports"][1], serde_json::json!({"name": "grpc-api", "number": 9090}));
+        assert_eq!(Instance::from_json("store", stored).unwrap(), i);
+        let plain = serde_json::to_value(Instance::from_json("api", json(serde_json::json!({}))).unwrap()).unwrap();
+        assert!(plain.get("service").is_none(), "no service key when none is declared: {plain}");
+    }
+
+    #[test]
     fn instances_are_selected_by_labels_like_workload_entries() {
         let i = Instance::from_json("api", json(serde_json::json!({}))).unwrap();
         let sel = |pairs: &[(&str, &str)]| WorkloadSelector {
@@ -870,7 +904,33 @@ mod registry_instances {
             ),
             (
                 json(serde_json::json!({"colour": "blue"})),
-                vec!["api: Instance inventory-vm-1: unknown field `colour`, expected one of `name`, `namespace`, `tenant`, `serviceHosts`, `address`, `ports`, `labels`, `locality`, `weight`, `network`, `serviceAccount`, `healthy`, `leaseTtl`"],
+                vec!["api: Instance inventory-vm-1: unknown field `colour`, expected one of `name`, `namespace`, `tenant`, `serviceHosts`, `address`, `ports`, `labels`, `locality`, `weight`, `network`, `serviceAccount`, `healthy`, `leaseTtl`, `service`"],
+            ),
+            (
+                json(serde_json::json!({"service": {"host": "*.example.com", "ports": []}})),
+                vec![
+                    "api: Instance default/inventory-vm-1: service.host: \"*.example.com\": a declared service needs a concrete host, not a wildcard",
+                    "api: Instance default/inventory-vm-1: service.ports: at least one port is required",
+                ],
+            ),
+            (
+                json(serde_json::json!({"service": {"host": "inventory", "ports": [
+                    {"name": "http", "number": 9080, "protocol": "htp"},
+                    {"name": "http", "number": 9081},
+                    {"name": "grpc", "number": 9080, "protocol": "grpc"},
+                    {"name": "Bad", "number": 0},
+                ]}})),
+                vec![
+                    "api: Instance default/inventory-vm-1: service.ports[0].protocol: unknown value \"htp\" (expected one of HTTP, HTTP2, HTTP_PROXY, GRPC, GRPC-Web, HTTPS, TLS, TCP, UDP, Mongo, Redis, MySQL)",
+                    "api: Instance default/inventory-vm-1: service.ports[1].name: \"http\" is already used by service.ports[0]",
+                    "api: Instance default/inventory-vm-1: service.ports[2].number: 9080 is already used by service.ports[0]",
+                    "api: Instance default/inventory-vm-1: service.ports[3].name: invalid port name \"Bad\" (DNS-1123 label: lower-case letters, digits and '-')",
+                    "api: Instance default/inventory-vm-1: service.ports[3].number: port 0 is not valid (1..65535)",
+                ],
+            ),
+            (
+                json(serde_json::json!({"service": {"host": "inventory", "ports": [{"name": "http", "number": 80, "tls": true}]}})),
+                vec!["api: Instance inventory-vm-1: unknown field `tls`, expected one of `name`, `number`, `protocol`"],
             ),
         ];
         for (input, want) in cases {

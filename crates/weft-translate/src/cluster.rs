@@ -111,9 +111,12 @@ fn outbound(
     let mut c = base_cluster(&name);
     c.metadata = Some(service_metadata(s));
     apply_connection_pool(&mut c, policy.pool.as_ref(), &port.protocol);
+    // Unhealthy instances are left out, as Istio does by default: marked UNHEALTHY instead, they
+    // would still get traffic whenever a proxy's panic threshold kicks in.
     let endpoints: Vec<&Endpoint> = s
         .endpoints
         .iter()
+        .filter(|e| e.healthy)
         .filter(|e| subset.map_or(true, |sub| sub.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
         .collect();
     let mut assignment = None;

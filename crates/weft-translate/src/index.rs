@@ -12,7 +12,7 @@ use weft_istio::{
 };
 
 use crate::naming::{exported_to, host_matches, resolve_host};
-use crate::{Input, Options, Warning};
+use crate::{Input, Options, Subject, Warning};
 
 /// The order Istio uses to settle conflicts: oldest first (resources without a creation time
 /// count as newest), then namespace, then name.
@@ -35,10 +35,11 @@ impl Age {
     }
 }
 
-/// One service: a host of a ServiceEntry.
+/// One service: a host of a ServiceEntry, or a host that registry instances declare.
 #[derive(Debug)]
 pub struct Service {
-    pub key: Key,
+    /// The ServiceEntry, or [`Subject::Service`] for a service built from instances.
+    pub key: Subject,
     pub host: String,
     pub namespace: String,
     /// SE addresses, else the allocated VIP.
@@ -199,7 +200,14 @@ pub fn build(input: &Input, warnings: &mut Vec<Warning>) -> BTreeMap<String, Ten
                         let by_label = se.workload_selector.as_ref().is_some_and(|s| inst.selected_by(s));
                         let by_host =
                             inst.service_hosts.iter().any(|h| resolve_host(h, &ns, &opts.domain_suffix) == fqdn);
-                        if by_label || by_host {
+                        let declared = inst
+                            .service
+                            .as_ref()
+                            .is_some_and(|d| resolve_host(&d.host, &ns, &opts.domain_suffix) == fqdn);
+                        if declared {
+                            port_conflicts_with_entry(inst, &key, &fqdn, &se.ports, warnings);
+                        }
+                        if by_label || by_host || declared {
                             endpoints.extend(Endpoint::from_entry(
                                 &inst.to_workload_entry(),
                                 inst.healthy,
@@ -220,7 +228,7 @@ pub fn build(input: &Input, warnings: &mut Vec<Warning>) -> BTreeMap<String, Ten
                         endpoints.retain(|e| matches!(e.address, Address::Ip(_) | Address::Unix(_)));
                     }
                     let service = Arc::new(Service {
-                        key: key.clone(),
+                        key: Subject::Resource(key.clone()),
                         host: fqdn.clone(),
                         namespace: ns.clone(),
                         addresses,
@@ -296,10 +304,125 @@ pub fn build(input: &Input, warnings: &mut Vec<Warning>) -> BTreeMap<String, Ten
         }
     }
 
+    add_instance_services(input, &mut tenants, warnings);
+
     for tenant in tenants.values_mut() {
         index_tenant(tenant, opts, warnings);
     }
     tenants
+}
+
+/// Services for hosts that instances declare and no ServiceEntry of their tenant defines: one
+/// per (tenant, namespace, host), MESH_INTERNAL with STATIC endpoints from the instances, the
+/// allocated VIP, and the ports the instances declare (the first declaration of a port number
+/// or name wins; a different one is a warning). Where a ServiceEntry defines the host, instances
+/// of its namespace have joined it already; those of other namespaces are reported.
+fn add_instance_services(input: &Input, tenants: &mut BTreeMap<String, Tenant>, warnings: &mut Vec<Warning>) {
+    let opts = &input.options;
+    let mut sorted: Vec<&Instance> = input.instances.iter().filter(|i| i.service.is_some()).collect();
+    sorted.sort_by(|a, b| (&a.tenant, &a.namespace, &a.name).cmp(&(&b.tenant, &b.namespace, &b.name)));
+    // (tenant, host) → namespace → instances, in name order.
+    let mut declared: BTreeMap<(String, String), BTreeMap<String, Vec<&Instance>>> = BTreeMap::new();
+    for inst in sorted {
+        let Some(service) = &inst.service else { continue };
+        let host = resolve_host(&service.host, &inst.namespace, &opts.domain_suffix);
+        declared.entry((inst.tenant.clone(), host)).or_default().entry(inst.namespace.clone()).or_default().push(inst);
+    }
+    for ((tenant_name, host), by_ns) in declared {
+        let tenant = tenants.entry(tenant_name.clone()).or_default();
+        if let Some(defined) = tenant.services.get(&host) {
+            for (ns, instances) in &by_ns {
+                if defined.iter().any(|s| &s.namespace == ns) {
+                    continue;
+                }
+                let owners: Vec<String> = defined.iter().map(|s| s.key.to_string()).collect();
+                for inst in instances {
+                    warnings.push(Warning::about(
+                        instance_subject(inst),
+                        format!(
+                            "declares host {host}, which {} defines; instances join ServiceEntries of their own namespace only, so this one is not an endpoint",
+                            owners.join(", ")
+                        ),
+                    ));
+                }
+            }
+            continue;
+        }
+        let mut services = Vec::new();
+        for (ns, instances) in by_ns {
+            let mut ports: Vec<(ServicePort, &str)> = Vec::new();
+            for inst in &instances {
+                for p in inst.service.iter().flat_map(|s| &s.ports) {
+                    let port = p.to_service_port();
+                    match ports.iter().find(|(q, _)| q.number == port.number || q.name == port.name) {
+                        Some((q, _)) if q == &port => {}
+                        Some((q, first)) => warnings.push(Warning::about(
+                            instance_subject(inst),
+                            format!(
+                                "declares port {} {} ({}) for host {host}, but Instance {ns}/{first} declared {} {} ({}) first; the first declaration applies",
+                                port.name, port.number, port.protocol, q.name, q.number, q.protocol
+                            ),
+                        )),
+                        None => ports.push((port, &inst.name)),
+                    }
+                }
+            }
+            let mut ports: Vec<ServicePort> = ports.into_iter().map(|(p, _)| p).collect();
+            ports.sort_by_key(|p| p.number);
+            let endpoints = instances
+                .iter()
+                .filter_map(|i| Endpoint::from_entry(&i.to_workload_entry(), i.healthy, &i.name, &ns))
+                .collect();
+            let addresses = input
+                .vips
+                .get(&(tenant_name.clone(), host.clone()))
+                .map(|ip| vec![Cidr { addr: *ip, prefix_len: if ip.is_ipv4() { 32 } else { 128 } }])
+                .unwrap_or_default();
+            services.push(Arc::new(Service {
+                key: Subject::Service { namespace: ns.clone(), host: host.clone() },
+                host: host.clone(),
+                namespace: ns,
+                addresses,
+                ports,
+                resolution: Resolution::Static,
+                export_to: Vec::new(),
+                endpoints,
+            }));
+        }
+        tenant.services.insert(host, services);
+    }
+}
+
+fn instance_subject(inst: &Instance) -> Subject {
+    Subject::Instance { namespace: inst.namespace.clone(), name: inst.name.clone() }
+}
+
+/// An instance that declares a host a ServiceEntry defines joins it with the entry's ports;
+/// declared ports the entry lacks or defines otherwise are reported.
+fn port_conflicts_with_entry(
+    inst: &Instance,
+    entry: &Key,
+    host: &str,
+    entry_ports: &[ServicePort],
+    warnings: &mut Vec<Warning>,
+) {
+    for p in inst.service.iter().flat_map(|s| &s.ports) {
+        let port = p.to_service_port();
+        let problem = match entry_ports.iter().find(|q| q.number == port.number) {
+            None => format!("{entry} has no port {}", port.number),
+            Some(q) if q.name != port.name || q.protocol != port.protocol => {
+                format!("{entry} defines port {} as {} ({})", q.number, q.name, q.protocol)
+            }
+            Some(_) => continue,
+        };
+        warnings.push(Warning::about(
+            instance_subject(inst),
+            format!(
+                "declares port {} {} ({}) for host {host}, but {problem}; the ServiceEntry's ports apply",
+                port.name, port.number, port.protocol
+            ),
+        ));
+    }
 }
 
 fn index_tenant(tenant: &mut Tenant, opts: &Options, warnings: &mut Vec<Warning>) {
@@ -455,15 +578,17 @@ fn index_tenant(tenant: &mut Tenant, opts: &Options, warnings: &mut Vec<Warning>
     }
 
     // Services sharing an address on a port cannot both get a filter chain.
+    // (One host defined in several namespaces is one service to any proxy, which sees the
+    // definition of its own namespace or the oldest exported one.)
     let mut vip_ports: BTreeMap<(Cidr, u16), &Service> = BTreeMap::new();
     for services in tenant.services.values() {
         for s in services {
             for a in &s.addresses {
                 for p in &s.ports {
                     if let Some(first) = vip_ports.get(&(*a, p.number)) {
-                        if first.key != s.key || first.host != s.host {
-                            warnings.push(Warning::new(
-                                &s.key,
+                        if first.host != s.host {
+                            warnings.push(Warning::about(
+                                s.key.clone(),
                                 format!(
                                     "host {} shares address {a} port {} with {} ({}); only one gets the filter chain",
                                     s.host, p.number, first.host, first.key
@@ -480,21 +605,23 @@ fn index_tenant(tenant: &mut Tenant, opts: &Options, warnings: &mut Vec<Warning>
     for services in tenant.services.values() {
         for s in services {
             if matches!(s.resolution, Resolution::DnsRoundRobin) && s.endpoints.len() > 1 {
-                warnings.push(Warning::new(
-                    &s.key,
+                warnings.push(Warning::about(
+                    s.key.clone(),
                     format!("host {}: DNS_ROUND_ROBIN uses only the first endpoint (Envoy LOGICAL_DNS)", s.host),
                 ));
             }
             if s.is_wildcard() && !matches!(s.resolution, Resolution::None) {
-                warnings.push(Warning::new(
-                    &s.key,
+                warnings.push(Warning::about(
+                    s.key.clone(),
                     format!("host {}: a wildcard host needs resolution NONE; treated as NONE", s.host),
                 ));
             }
             for p in &s.ports {
                 if matches!(p.protocol, Protocol::Udp) {
-                    warnings
-                        .push(Warning::new(&s.key, format!("host {} port {}: UDP is not proxied", s.host, p.number)));
+                    warnings.push(Warning::about(
+                        s.key.clone(),
+                        format!("host {} port {}: UDP is not proxied", s.host, p.number),
+                    ));
                 }
             }
         }

@@ -25,6 +25,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use weft_istio::registry::Instance;
 use weft_istio::{Address, CaptureMode, Key, OutboundMode, Resolution, Resource, Spec};
 use weft_xds::{Generator, NodeInfo, ResourceSet};
 
@@ -80,13 +81,38 @@ impl Default for Options {
 /// Something in the model that is not applied as written.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Warning {
-    pub resource: Key,
+    pub resource: Subject,
     pub message: String,
+}
+
+/// What a warning is about, and where a service comes from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Subject {
+    /// A stored Istio resource.
+    Resource(Key),
+    /// One registry instance.
+    Instance { namespace: String, name: String },
+    /// A service built from the instances of one namespace that declare its host.
+    Service { namespace: String, host: String },
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Resource(key) => key.fmt(f),
+            Subject::Instance { namespace, name } => write!(f, "Instance {namespace}/{name}"),
+            Subject::Service { namespace, host } => write!(f, "Service {namespace}/{host} (declared by instances)"),
+        }
+    }
 }
 
 impl Warning {
     pub fn new(resource: &Key, message: String) -> Warning {
-        Warning { resource: resource.clone(), message }
+        Warning { resource: Subject::Resource(resource.clone()), message }
+    }
+
+    pub fn about(subject: Subject, message: String) -> Warning {
+        Warning { resource: subject, message }
     }
 }
 
@@ -185,29 +211,46 @@ impl Mesh {
         self.cache.lock().map(|c| c.len()).unwrap_or(0)
     }
 
-    /// ServiceEntry hosts that need an allocated VIP: no `addresses`, not a wildcard, resolution
-    /// other than NONE (as Istio's auto-allocation). `(tenant, host)` with short hosts resolved
-    /// in the resource's namespace under `cluster.local`.
-    pub fn hosts_needing_vips(resources: &[Arc<Resource>]) -> Vec<(String, String)> {
-        Self::hosts_needing_vips_in(resources, DEFAULT_DOMAIN_SUFFIX)
+    /// Hosts that need an allocated VIP, as `(tenant, host)` with short hosts resolved in their
+    /// namespace under `cluster.local`: ServiceEntry hosts without `addresses`, not wildcards,
+    /// with a resolution other than NONE (as Istio's auto-allocation), and hosts that registry
+    /// instances declare (`Instance::service`) and no ServiceEntry of the tenant defines. A host
+    /// drops out of the list when its last declaring instance is gone.
+    pub fn hosts_needing_vips(resources: &[Arc<Resource>], instances: &[Instance]) -> Vec<(String, String)> {
+        Self::hosts_needing_vips_in(resources, instances, DEFAULT_DOMAIN_SUFFIX)
     }
 
     /// [`Mesh::hosts_needing_vips`] for another DNS suffix.
-    pub fn hosts_needing_vips_in(resources: &[Arc<Resource>], domain_suffix: &str) -> Vec<(String, String)> {
+    pub fn hosts_needing_vips_in(
+        resources: &[Arc<Resource>],
+        instances: &[Instance],
+        domain_suffix: &str,
+    ) -> Vec<(String, String)> {
         let mut out = BTreeSet::new();
+        let mut defined = BTreeSet::new();
         for r in resources {
             let Spec::ServiceEntry(se) = &r.spec else { continue };
-            if !se.addresses.is_empty() || se.resolution == Resolution::None {
-                continue;
-            }
             for h in &se.hosts {
                 let host = resolve_host(h, &r.meta.namespace, domain_suffix);
-                if !host.starts_with('*') {
+                defined.insert((r.tenant().to_string(), host.clone()));
+                if se.addresses.is_empty() && se.resolution != Resolution::None && !host.starts_with('*') {
                     out.insert((r.tenant().to_string(), host));
                 }
             }
         }
+        for i in instances {
+            let Some(service) = &i.service else { continue };
+            let key = (i.tenant.clone(), resolve_host(&service.host, &i.namespace, domain_suffix));
+            if !key.1.starts_with('*') && !defined.contains(&key) {
+                out.insert(key);
+            }
+        }
         out.into_iter().collect()
+    }
+
+    /// Distinct service hosts per tenant (from ServiceEntries and from instances).
+    pub fn service_count(&self) -> usize {
+        self.tenants.values().map(|t| t.services.len()).sum()
     }
 }
 

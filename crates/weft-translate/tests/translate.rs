@@ -393,7 +393,7 @@ spec:
   resolution: DNS
   ports: [{number: 443, name: tls, protocol: TLS}]
 "#;
-    let need = Mesh::hosts_needing_vips(&parse(yaml));
+    let need = Mesh::hosts_needing_vips(&parse(yaml), &[]);
     assert_eq!(
         need,
         [
