@@ -422,7 +422,6 @@ fn lb_endpoint(e: &Endpoint, port: u16) -> LbEndpoint {
             address: Some(endpoint_address(e, port)),
             ..Default::default()
         })),
-        ..Default::default()
     }
 }
 

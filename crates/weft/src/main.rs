@@ -63,16 +63,11 @@ enum Cmd {
     Dns(dns::Args),
     /// Install, remove or show traffic capture rules (iptables/nftables) for the sidecar.
     Capture(capture::Args),
-    /// Run a local demo: a backend with two versions behind two weft sidecars, with live traffic.
+    /// Run a local mesh: control plane, HTTP and gRPC services behind weft sidecars, live traffic.
     Demo(demo::DemoArgs),
-    /// Built-in HTTP backend used by the demo and benchmarks (echoes the request as JSON).
+    /// Built-in HTTP or gRPC backend used by the demo, tests and benchmarks.
     #[command(hide = true)]
-    DemoBackend {
-        #[arg(long)]
-        listen: std::net::SocketAddr,
-        #[arg(long, default_value = "backend")]
-        name: String,
-    },
+    DemoBackend(demo::backend::BackendArgs),
 }
 
 #[derive(clap::Args)]
@@ -194,7 +189,7 @@ fn main() -> ExitCode {
         Cmd::Agent(a) => agent::run(a),
         Cmd::Dns(a) => dns::run(a),
         Cmd::Capture(a) => capture::run(a),
-        Cmd::DemoBackend { listen, name } => demo::run_backend(listen, name),
+        Cmd::DemoBackend(a) => demo::backend::run(a),
     }
 }
 
