@@ -67,6 +67,7 @@ TOOLS=(
     "dig dnsutils"
     "openssl openssl"
     "python3 python3"
+    "dnsmasq dnsmasq-base"
 )
 missing_pkgs=()
 for entry in "${TOOLS[@]}"; do

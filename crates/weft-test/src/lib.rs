@@ -13,6 +13,7 @@
 //!   captures its output.
 //! * [`http_get`], [`h2c_get`], [`HttpConn`]: small hyper-based clients.
 //! * [`tools`]: external tools (`curl`, `h2load`, envoy, ...) and root checks.
+//! * [`netns`]: network namespaces standing for hosts (root-only tests).
 //!
 //! Backends bind `127.0.0.1:0`, run on a private background runtime (so a test
 //! that blocks its own runtime, e.g. by running `curl` synchronously, does not
@@ -21,6 +22,7 @@
 mod client;
 mod grpc;
 mod http_backend;
+pub mod netns;
 mod process;
 mod runtime;
 mod server;

@@ -1,0 +1,197 @@
+//! Network namespaces standing for hosts, for tests that need root: rules, routes and addresses
+//! are only ever changed inside namespaces a test creates, never on the real host.
+//!
+//! ```no_run
+//! let a = weft_test::netns::Netns::new("capture-a");
+//! let b = weft_test::netns::Netns::new("capture-b");
+//! weft_test::netns::link(&a, "10.77.0.1/24", &b, "10.77.0.2/24");
+//! let out = a.run(&["ping", "-c1", "-W1", "10.77.0.2"]);
+//! assert!(out.success(), "{}", out.stderr);
+//! ```
+//!
+//! Dropping a [`Netns`] (also when the test panics) kills every process still running inside it,
+//! deletes the namespace and its `/etc/netns/NAME` directory.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// No helper command may run longer.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+}
+
+/// Runs `cmd` to the end with output in files (a chatty command never blocks on a pipe); panics
+/// if it is still running after `timeout` (after killing it).
+pub fn run_command(mut cmd: Command, timeout: Duration) -> Output {
+    let dir = tempfile::tempdir().expect("temporary directory for command output");
+    let out_path = dir.path().join("stdout");
+    let err_path = dir.path().join("stderr");
+    cmd.stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"));
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the command") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} still running after {timeout:?}\nstdout: {}\nstderr: {}",
+                std::fs::read_to_string(&out_path).unwrap_or_default(),
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+    }
+}
+
+/// Runs `args` (program first) and panics with its output unless it succeeds.
+fn must(args: &[&str]) -> Output {
+    let mut cmd = Command::new(args[0]);
+    cmd.args(&args[1..]);
+    let out = run_command(cmd, COMMAND_TIMEOUT);
+    assert!(out.success(), "`{}` failed ({}):\n{}{}", args.join(" "), out.status, out.stdout, out.stderr);
+    out
+}
+
+/// A network namespace owned by the test.
+pub struct Netns {
+    name: String,
+    /// `ip`, resolved once: commands may run with a PATH of the test's making.
+    ip: PathBuf,
+}
+
+impl Netns {
+    /// Creates `w-TAG-PID-N` with its loopback up. `TAG` names the test, so a leftover namespace
+    /// says where it came from; the pid and a counter keep concurrent tests apart.
+    pub fn new(tag: &str) -> Netns {
+        let ip = crate::tools::require_tool("ip");
+        let name = format!("w-{tag}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        must(&["ip", "netns", "add", &name]);
+        let ns = Netns { name, ip };
+        ns.must(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A command running `program` inside the namespace (`ip netns exec NAME program`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(&self.ip);
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// The `ip netns exec NAME` prefix, for launchers that take a program and arguments.
+    pub fn exec_prefix(&self) -> Vec<String> {
+        vec!["netns".into(), "exec".into(), self.name.clone()]
+    }
+
+    /// Runs `args` (program first) inside the namespace.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command(args[0]);
+        cmd.args(&args[1..]);
+        run_command(cmd, COMMAND_TIMEOUT)
+    }
+
+    /// Runs `args` inside the namespace and panics with its output unless it succeeds.
+    pub fn must(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        assert!(
+            out.success(),
+            "`{}` in netns {} failed ({}):\n{}{}",
+            args.join(" "),
+            self.name,
+            out.status,
+            out.stdout,
+            out.stderr
+        );
+        out
+    }
+
+    /// `/etc/netns/NAME/FILE` (e.g. `resolv.conf`), which `ip netns exec` bind-mounts over
+    /// `/etc/FILE` for processes in the namespace; removed with the namespace.
+    pub fn etc_file(&self, file: &str, contents: &str) -> PathBuf {
+        let dir = PathBuf::from("/etc/netns").join(&self.name);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let path = dir.join(file);
+        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+
+    /// Pids of the processes inside the namespace.
+    pub fn pids(&self) -> Vec<i32> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "pids", &self.name]);
+        let out = run_command(cmd, COMMAND_TIMEOUT);
+        out.stdout.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Every process in here was started by the test; none may outlive its host.
+        for pid in self.pids() {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.pids().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "del", &self.name]);
+        let out = run_command(cmd, COMMAND_TIMEOUT);
+        if !out.success() {
+            eprintln!("weft-test: ip netns del {} failed: {}", self.name, out.stderr);
+        }
+        let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.name));
+    }
+}
+
+/// Joins two namespaces with a veth pair (`veth0` on each side) and gives each side its address
+/// (`IP/LEN`); both ends up. The pair is created inside the namespaces, never on the host.
+pub fn link(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) {
+    link_named(a, "veth0", a_addr, b, "veth0", b_addr)
+}
+
+/// [`link`] with interface names of the caller's choosing (for a second pair).
+pub fn link_named(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) {
+    must(&["ip", "link", "add", a_if, "netns", a.name(), "type", "veth", "peer", "name", b_if, "netns", b.name()]);
+    for (ns, ifname, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
+        let family = if addr.contains(':') { "-6" } else { "-4" };
+        let mut args = vec!["ip", family, "addr", "add", addr, "dev", ifname];
+        if family == "-6" {
+            // No duplicate address detection: the address is usable at once.
+            args.push("nodad");
+        }
+        ns.must(&args);
+        ns.must(&["ip", "link", "set", ifname, "up"]);
+    }
+}
