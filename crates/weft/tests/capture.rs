@@ -740,6 +740,7 @@ async fn control_plane_config_serves_captured_traffic() {
     let out = netns::run_command(apply, Duration::from_secs(30));
     assert!(out.success(), "weft apply: {}{}", out.stdout, out.stderr);
 
+    let _direct = backend(&p, "0.0.0.0:9999", "direct");
     let _reviews = backend(&p, "0.0.0.0:8080", "reviews");
     let _app = backend(&h, "0.0.0.0:9080", "frontend");
     let node = "sidecar~10.77.0.1~frontend-1.shop~shop.svc.cluster.local";
@@ -751,7 +752,7 @@ async fn control_plane_config_serves_captured_traffic() {
         &["proxy", "--xds", "10.77.0.2:15010", "--node-id", node, "--concurrency", "1"],
     )
     .await;
-    capture_ok(&h, &["install", "--inbound-ports", "9080"]);
+    capture_ok(&h, &["install", "--inbound-ports", "9080", "--outbound-ports", "9999"]);
 
     // The VIP the control plane allocated for reviews, as the sidecar's routes show it.
     let mut cmd = p.command(WEFT);
@@ -776,6 +777,30 @@ async fn control_plane_config_serves_captured_traffic() {
     let r = curl(&p, None, "http://10.77.0.1:9080/in", &[]);
     assert_eq!((r.status, r.headers.get("x-backend").map(String::as_str)), (200, Some("frontend")), "{}", r.error);
     assert!(stat(&h, "cluster.inbound|9080||.upstream_rq_total") >= 1, "inbound request did not pass the sidecar");
+
+    // Port 9999 is captured but no service has it: ALLOW_ANY passes it through to the original
+    // destination; a Sidecar with REGISTRY_ONLY sends it to the BlackHoleCluster instead.
+    let r = curl(&h, None, "http://10.77.0.2:9999/", &[]);
+    assert_eq!((r.status, r.headers.get("x-backend").map(String::as_str)), (200, Some("direct")), "{}", r.error);
+    assert_eq!(stat(&h, "cluster.PassthroughCluster.upstream_cx_total"), 1);
+    let sidecar = data.path().join("sidecar.yaml");
+    std::fs::write(
+        &sidecar,
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: { name: default, namespace: shop }\n\
+         spec: { outboundTrafficPolicy: { mode: REGISTRY_ONLY } }\n",
+    )
+    .expect("write sidecar");
+    let mut apply = p.command(WEFT);
+    apply.args(["apply", "-f"]).arg(&sidecar).env("WEFT_SERVER", API);
+    let out = netns::run_command(apply, Duration::from_secs(30));
+    assert!(out.success(), "weft apply: {}{}", out.stdout, out.stderr);
+    wait_until(&h, "REGISTRY_ONLY", || curl(&h, None, "http://10.77.0.2:9999/", &[]).status != 200);
+    let passed = stat(&h, "cluster.PassthroughCluster.upstream_cx_total");
+    let r = curl(&h, None, "http://10.77.0.2:9999/", &[]);
+    assert_ne!(r.status, 200, "REGISTRY_ONLY let traffic through");
+    assert_eq!(stat(&h, "cluster.PassthroughCluster.upstream_cx_total"), passed);
+    let r = curl(&h, None, &format!("http://{vip}:9080/after"), &[]);
+    assert_eq!((r.status, r.headers.get("x-backend").map(String::as_str)), (200, Some("reviews")), "{}", r.error);
 
     // The control plane is not captured: the CLI on H reaches its API directly.
     let mut cmd = h.command(WEFT);
