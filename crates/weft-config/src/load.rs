@@ -414,6 +414,7 @@ impl Validator<'_> {
                 Some(Duration::from_secs(3600)),
             )?,
             websocket: h.websocket.unwrap_or(true),
+            connect: h.connect.unwrap_or(false),
             generate_request_id: h.generate_request_id.unwrap_or(true),
             use_remote_address: h.use_remote_address.unwrap_or(true),
             limits,
@@ -637,6 +638,12 @@ impl Validator<'_> {
                 self.err(format!("{field}.match"), "use only one of prefix, path, regex, path_separated_prefix")
             );
         }
+        if m.connect && paths > 0 {
+            return Err(self.err(
+                format!("{field}.match.connect"),
+                "a CONNECT request has no path: use `connect` without prefix, path, regex or path_separated_prefix",
+            ));
+        }
         let path = if let Some(p) = m.path {
             PathMatch::Exact(p)
         } else if let Some(p) = m.regex {
@@ -683,8 +690,14 @@ impl Validator<'_> {
             }
             query.push(QueryMatcher { name: q.name, value });
         }
-        let matcher =
-            RouteMatch { path, case_sensitive: m.case_sensitive.unwrap_or(true), headers, query, grpc: m.grpc };
+        let matcher = RouteMatch {
+            path,
+            case_sensitive: m.case_sensitive.unwrap_or(true),
+            headers,
+            query,
+            grpc: m.grpc,
+            connect: m.connect,
+        };
 
         let actions =
             [r.route.is_some(), r.redirect.is_some(), r.direct_response.is_some()].iter().filter(|b| **b).count();
@@ -972,13 +985,30 @@ impl Validator<'_> {
             Some("logical_dns") => Discovery::LogicalDns { refresh: dns_refresh },
             Some("eds") => Discovery::Eds,
             Some("original_dst") => Discovery::OriginalDst,
+            Some("dynamic_forward_proxy") => Discovery::DynamicForwardProxy {
+                refresh: self.dur("dns_refresh_rate", &c.dns_refresh_rate, Duration::from_secs(60))?,
+                max_hosts: c.max_hosts.unwrap_or(1024),
+            },
             Some(o) => {
                 return Err(self.err(
                     "type",
-                    format!("unknown value {o:?} (expected static, strict_dns, logical_dns, eds or original_dst)"),
+                    format!(
+                        "unknown value {o:?} (expected static, strict_dns, logical_dns, eds, original_dst or \
+                         dynamic_forward_proxy)"
+                    ),
                 ))
             }
         };
+        if let Discovery::DynamicForwardProxy { max_hosts, .. } = discovery {
+            if !c.endpoints.is_empty() || !c.localities.is_empty() {
+                return Err(self.err("endpoints", "a dynamic_forward_proxy cluster takes its hosts from requests"));
+            }
+            if max_hosts == 0 || max_hosts > 65_536 {
+                return Err(self.err("max_hosts", "must be between 1 and 65536"));
+            }
+        } else if c.max_hosts.is_some() {
+            return Err(self.err("max_hosts", "only dynamic_forward_proxy clusters take max_hosts"));
+        }
         if dns_refresh.is_zero() {
             return Err(self.err("dns_refresh_rate", "must be greater than 0"));
         }

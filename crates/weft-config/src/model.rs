@@ -245,6 +245,9 @@ pub struct HttpConnectionManager {
     pub idle_timeout: Option<Duration>,
     /// Accept HTTP/1.1 `Upgrade: websocket` and tunnel bytes both ways.
     pub websocket: bool,
+    /// Accept `CONNECT host:port` (Envoy's `CONNECT` upgrade): a route with a `connect` match
+    /// tunnels the connection's bytes to its cluster. Without it every CONNECT is answered 404.
+    pub connect: bool,
     pub generate_request_id: bool,
     /// Append the client address to `x-forwarded-for`.
     pub use_remote_address: bool,
@@ -330,6 +333,9 @@ pub struct RouteMatch {
     pub query: Vec<QueryMatcher>,
     /// Only gRPC requests (`content-type: application/grpc*`).
     pub grpc: bool,
+    /// Only CONNECT requests (Envoy's `connect_matcher`); `path` is then ignored. Routes without
+    /// it never match a CONNECT request.
+    pub connect: bool,
 }
 
 impl Default for RouteMatch {
@@ -340,6 +346,7 @@ impl Default for RouteMatch {
             headers: vec![],
             query: vec![],
             grpc: false,
+            connect: false,
         }
     }
 }
@@ -657,6 +664,13 @@ pub enum Discovery {
     Eds,
     /// The original destination of the connection is the endpoint (PassthroughCluster).
     OriginalDst,
+    /// The request's authority is the endpoint (Envoy's dynamic forward proxy): its host name is
+    /// resolved with the system resolver, answers kept for `refresh`, at most `max_hosts` names
+    /// cached. Used by HTTP-proxy listeners for destinations outside the mesh.
+    DynamicForwardProxy {
+        refresh: Duration,
+        max_hosts: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

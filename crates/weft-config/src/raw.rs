@@ -126,6 +126,8 @@ pub struct Http {
     pub stream_idle_timeout: Option<Scalar>,
     pub idle_timeout: Option<Scalar>,
     pub websocket: Option<bool>,
+    /// Accept CONNECT requests (routes with `match: { connect: true }` tunnel them).
+    pub connect: Option<bool>,
     pub generate_request_id: Option<bool>,
     pub use_remote_address: Option<bool>,
     pub max_request_headers_kb: Option<u32>,
@@ -225,6 +227,9 @@ pub struct RouteMatch {
     pub methods: Vec<String>,
     #[serde(default)]
     pub grpc: bool,
+    /// Only CONNECT requests; no path matcher may be given with it.
+    #[serde(default)]
+    pub connect: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -399,6 +404,8 @@ pub struct Cluster {
     pub connect_timeout: Option<Scalar>,
     pub protocol: Option<String>,
     pub dns_refresh_rate: Option<Scalar>,
+    /// `dynamic_forward_proxy` clusters: how many host names are cached at most.
+    pub max_hosts: Option<u32>,
     pub pool: Option<Pool>,
     pub circuit_breakers: Option<CircuitBreakers>,
     pub outlier_detection: Option<OutlierDetection>,

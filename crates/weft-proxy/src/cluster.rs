@@ -29,6 +29,25 @@ pub enum ConnectError {
     Overflow,
 }
 
+/// Why a dynamic forward proxy cluster found no address for a request's authority.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResolveError {
+    #[error("{0:?} is not a host name or IP address")]
+    InvalidHost(String),
+    #[error("resolving {0:?} timed out")]
+    Timeout(String),
+    #[error("resolving {0:?} failed: {1}")]
+    Failed(String, String),
+    #[error("{0:?} has no address")]
+    NoAddress(String),
+}
+
+/// A resolved name: when, and its addresses.
+type Resolved = (Instant, Arc<[SocketAddr]>);
+
+/// How long one system-resolver lookup may take (Envoy's DNS query timeout).
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Result of one attempt, as outlier detection sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -181,8 +200,10 @@ pub struct ClusterRt {
     pub metrics: crate::metrics::Cache,
     epoch: Instant,
     rebuild_lock: Mutex<()>,
-    /// Hosts made on demand for ORIGINAL_DST clusters.
+    /// Hosts made on demand for ORIGINAL_DST and dynamic forward proxy clusters.
     original_dst: Mutex<HashMap<SocketAddr, Arc<Host>>>,
+    /// Dynamic forward proxy: (host name, port) → when resolved and the addresses.
+    dns_cache: Mutex<HashMap<(String, u16), Resolved>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -251,6 +272,7 @@ impl ClusterRt {
             epoch: previous.map(|p| p.epoch).unwrap_or_else(Instant::now),
             rebuild_lock: Mutex::new(()),
             original_dst: Mutex::new(HashMap::new()),
+            dns_cache: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
         };
         let prev_hosts: Vec<Arc<Host>> = previous.map(|p| p.set.load().hosts.clone()).unwrap_or_default();
@@ -336,6 +358,68 @@ impl ClusterRt {
 
     pub fn is_original_dst(&self) -> bool {
         matches!(self.cfg.discovery, Discovery::OriginalDst)
+    }
+
+    pub fn is_forward_proxy(&self) -> bool {
+        matches!(self.cfg.discovery, Discovery::DynamicForwardProxy { .. })
+    }
+
+    /// The hosts of a dynamic forward proxy cluster for `host:port` (a request's authority): an
+    /// IP literal as is, a name through the system resolver (at most 5 s), its answer cached for
+    /// the cluster's `refresh`. Failed lookups are not cached.
+    pub async fn forward_proxy_hosts(&self, host: &str, port: u16) -> Result<Vec<Arc<Host>>, ResolveError> {
+        let Discovery::DynamicForwardProxy { refresh, max_hosts } = self.cfg.discovery else {
+            return Err(ResolveError::InvalidHost(host.to_string()));
+        };
+        let name = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let addrs: Arc<[SocketAddr]> = if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+            Arc::from([SocketAddr::new(ip, port)])
+        } else {
+            if !valid_host_name(name) {
+                return Err(ResolveError::InvalidHost(host.to_string()));
+            }
+            let key = (name.to_ascii_lowercase(), port);
+            let cached = {
+                let cache = self.dns_cache.lock().unwrap_or_else(|e| e.into_inner());
+                cache.get(&key).filter(|(at, _)| at.elapsed() < refresh).map(|(_, a)| a.clone())
+            };
+            match cached {
+                Some(a) => a,
+                None => {
+                    let found = match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port))).await
+                    {
+                        Err(_) => return Err(ResolveError::Timeout(name.to_string())),
+                        Ok(Err(e)) => return Err(ResolveError::Failed(name.to_string(), e.to_string())),
+                        Ok(Ok(it)) => {
+                            let mut v: Vec<SocketAddr> = Vec::new();
+                            for a in it {
+                                if !v.contains(&a) {
+                                    v.push(a);
+                                }
+                            }
+                            v
+                        }
+                    };
+                    if found.is_empty() {
+                        return Err(ResolveError::NoAddress(name.to_string()));
+                    }
+                    let found: Arc<[SocketAddr]> = Arc::from(found);
+                    let mut cache = self.dns_cache.lock().unwrap_or_else(|e| e.into_inner());
+                    if cache.len() >= max_hosts as usize && !cache.contains_key(&key) {
+                        cache.retain(|_, (at, _)| at.elapsed() < refresh);
+                        if cache.len() >= max_hosts as usize {
+                            let oldest = cache.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| k.clone());
+                            if let Some(k) = oldest {
+                                cache.remove(&k);
+                            }
+                        }
+                    }
+                    cache.insert(key, (Instant::now(), found.clone()));
+                    found
+                }
+            }
+        };
+        Ok(addrs.iter().map(|a| self.original_dst_host(*a)).collect())
     }
 
     // ----- connections -------------------------------------------------------------------------
@@ -636,6 +720,17 @@ impl ClusterRt {
     }
 }
 
+/// A DNS name as a forward-proxy request may carry it: labels of letters, digits, `-` and `_`,
+/// at most 253 bytes. Anything else never reaches the resolver.
+fn valid_host_name(name: &str) -> bool {
+    let n = name.strip_suffix('.').unwrap_or(name);
+    !n.is_empty()
+        && n.len() <= 253
+        && n.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 /// Resolves every DNS endpoint of a cluster; used at load and on each refresh.
 pub async fn resolve_cluster(c: &Cluster) -> HashMap<(String, u16), Vec<SocketAddr>> {
     let mut out = HashMap::new();
@@ -774,5 +869,75 @@ impl CxGuard {
 impl Drop for CxGuard {
     fn drop(&mut self) {
         self.0.cx_active.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_proxy_host_names_are_checked_before_the_resolver_sees_them() {
+        let long_label = "a".repeat(64);
+        let long_name = ["abcdefghij"; 26].join(".");
+        let cases: &[(&str, bool)] = &[
+            ("reviews", true),
+            ("api.example.com", true),
+            ("api.example.com.", true),
+            ("under_score-1.x", true),
+            ("", false),
+            (".", false),
+            ("a..b", false),
+            (".a", false),
+            ("a b", false),
+            ("a/b", false),
+            ("user@host", false),
+            ("%41", false),
+            (&long_label, false),
+            (&long_name, false),
+        ];
+        for (name, ok) in cases {
+            assert_eq!(valid_host_name(name), *ok, "{name:?}");
+        }
+    }
+
+    fn forward_proxy(max_hosts: u32) -> Arc<ClusterRt> {
+        let cfg = Cluster {
+            name: "fwd".into(),
+            discovery: Discovery::DynamicForwardProxy { refresh: Duration::from_secs(60), max_hosts },
+            lb_policy: LbPolicy::RoundRobin,
+            localities: vec![],
+            connect_timeout: Duration::from_secs(1),
+            protocol: Default::default(),
+            pool: Default::default(),
+            circuit_breakers: Default::default(),
+            outlier_detection: None,
+            health_checks: vec![],
+            panic_threshold_percent: 50.0,
+            metadata: Default::default(),
+            source_address: None,
+        };
+        ClusterRt::new(Arc::new(cfg), None, &HashMap::new())
+    }
+
+    #[tokio::test]
+    async fn forward_proxy_hosts_come_from_the_authority() {
+        let c = forward_proxy(1);
+        let ip = c.forward_proxy_hosts("127.0.0.7", 8080).await.unwrap();
+        assert_eq!(ip.iter().map(|h| h.addr).collect::<Vec<_>>(), vec!["127.0.0.7:8080".parse().unwrap()]);
+        let v6 = c.forward_proxy_hosts("[::1]", 443).await.unwrap();
+        assert_eq!(v6[0].addr, "[::1]:443".parse().unwrap());
+        // The same address is the same host (pools, active counts).
+        assert!(Arc::ptr_eq(&ip[0], &c.forward_proxy_hosts("127.0.0.7", 8080).await.unwrap()[0]));
+        // `localhost` resolves through the system resolver (the hosts file) to loopback.
+        let named = c.forward_proxy_hosts("localhost", 9).await.unwrap();
+        assert!(!named.is_empty() && named.iter().all(|h| h.addr.ip().is_loopback() && h.addr.port() == 9));
+        // At most `max_hosts` names are cached.
+        let _ = c.forward_proxy_hosts("LocalHost", 10).await.unwrap();
+        assert_eq!(c.dns_cache.lock().unwrap().len(), 1);
+        for bad in ["a b", "x@y", ""] {
+            let got = c.forward_proxy_hosts(bad, 80).await.err();
+            assert_eq!(got, Some(ResolveError::InvalidHost(bad.into())), "{bad:?}");
+        }
     }
 }

@@ -35,6 +35,7 @@ flags! {
     UPSTREAM_PROTOCOL_ERROR = 16, "UPE", "Malformed upstream response.";
     NO_FILTER_CHAIN = 17, "NFCF", "No filter chain matched the connection.";
     OVERLOAD = 18, "OM", "The proxy is draining or overloaded.";
+    DNS_RESOLUTION_FAILED = 19, "DF", "The destination's name did not resolve (dynamic forward proxy).";
 }
 
 impl Flags {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use rand::Rng;
@@ -43,10 +43,14 @@ pub struct ConnCtx {
     pub shared: Arc<Shared>,
     pub http: Arc<HttpRt>,
     pub peer: SocketAddr,
+    /// The address the connection was accepted on.
+    pub local: SocketAddr,
     /// The connection's destination (original destination when captured).
     pub destination: SocketAddr,
     /// HTTP/1 framing verdicts from the connection's read side (see h1guard).
     pub h1_verdicts: Option<Arc<crate::h1guard::Verdicts>>,
+    /// Counts the connection as open while it, or a tunnel made from it, lives.
+    pub(crate) _open: crate::listener::CxActive,
 }
 
 /// The service hyper calls for each request.
@@ -143,7 +147,22 @@ async fn handle(ctx: &Arc<ConnCtx>, mut req: Request<ProxyBody>, start: Instant)
             true,
         );
     }
-    if ctx.shared.draining.load(Relaxed) {
+    // Forward-proxy requests name their destination in the request target: absolute-form
+    // (HTTP/1 `GET http://host:port/path`) or CONNECT. HTTP/2 requests always carry a scheme and
+    // authority, so only their method says.
+    let connect = req.method() == Method::CONNECT;
+    let proxy_form = connect || (req.version() < Version::HTTP_2 && uri.scheme().is_some());
+    if proxy_form {
+        if let Err(msg) = check_proxy_target(&uri, connect, authority) {
+            return local_reply(ctx, rec, StatusCode::BAD_REQUEST, Flags::DOWNSTREAM_PROTOCOL_ERROR, msg, grpc, true);
+        }
+    }
+    if connect && !ctx.http.hcm.connect {
+        return local_reply(ctx, rec, StatusCode::NOT_FOUND, Flags::NO_ROUTE_FOUND, "no route", false, true);
+    }
+    if ctx.shared.draining.load(Relaxed) || connect {
+        // A CONNECT that is not tunnelled ends its connection: the client may already be
+        // sending bytes meant for the tunnel.
         rec.close_connection = true;
     }
     let upgrade = websocket_upgrade(req.headers()) && req.version() == Version::HTTP_11;
@@ -163,7 +182,9 @@ async fn handle(ctx: &Arc<ConnCtx>, mut req: Request<ProxyBody>, start: Instant)
         method: req.method().as_str(),
         headers: req.headers(),
         is_grpc: grpc,
-        port: ctx.destination.port(),
+        // A forward-proxy request's authority is matched only as sent (as Envoy does).
+        port: if proxy_form { 0 } else { ctx.destination.port() },
+        exact_authority: proxy_form,
     };
     let Some(sel) = table.select(&view) else {
         return local_reply(ctx, rec, StatusCode::NOT_FOUND, Flags::NO_ROUTE_FOUND, "no route", grpc, false);
@@ -223,8 +244,108 @@ async fn handle(ctx: &Arc<ConnCtx>, mut req: Request<ProxyBody>, start: Instant)
             TrackedBody::wrap(resp, rec, ctx.shared.clone(), None)
         }
         RouteAction::Forward(fw) => {
-            forward(ctx, req, rec, &table, vhost, route, fw, upgrade, grpc, authority, path).await
+            let kind = if connect {
+                Upgrade::Connect
+            } else if upgrade {
+                Upgrade::WebSocket
+            } else {
+                Upgrade::None
+            };
+            forward(ctx, req, rec, &table, vhost, route, fw, kind, grpc, authority, path).await
         }
+    }
+}
+
+/// What a request asks to become besides a request/response exchange.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Upgrade {
+    None,
+    WebSocket,
+    /// CONNECT: a TCP tunnel to the route's cluster.
+    Connect,
+}
+
+/// The request target of a forward-proxy request: `http://host[:port]/...` without user info,
+/// or for CONNECT `host:port`. Anything else is a 400 (and the connection closes).
+fn check_proxy_target(uri: &Uri, connect: bool, authority: &str) -> Result<(), &'static str> {
+    if authority.contains('@') {
+        return Err("user info in the request target is not allowed");
+    }
+    if connect {
+        let a: http::uri::Authority = authority.parse().map_err(|_| "CONNECT needs host:port")?;
+        if a.host().is_empty() || !matches!(a.port_u16(), Some(p) if p != 0) {
+            return Err("CONNECT needs host:port");
+        }
+        return Ok(());
+    }
+    if uri.scheme_str() != Some("http") {
+        return Err("only http:// request targets are forwarded (use CONNECT for others)");
+    }
+    match uri.authority() {
+        Some(a) if !a.host().is_empty() => Ok(()),
+        _ => Err("the request target has no host"),
+    }
+}
+
+/// Hosts chosen by the request rather than the balancer: the original destination
+/// (ORIGINAL_DST), or the authority's addresses (dynamic forward proxy). None: the balancer picks.
+async fn request_hosts(
+    ctx: &ConnCtx,
+    cluster: &ClusterRt,
+    authority: &str,
+) -> Result<Option<Vec<Arc<Host>>>, AttemptFail> {
+    let hosts = if cluster.is_original_dst() {
+        vec![cluster.original_dst_host(ctx.destination)]
+    } else if cluster.is_forward_proxy() {
+        let bad_authority = AttemptFail {
+            status: StatusCode::BAD_REQUEST,
+            flags: Flags::DOWNSTREAM_PROTOCOL_ERROR,
+            msg: "invalid authority",
+            grpc_code: Some(13),
+        };
+        let Ok(a) = authority.parse::<http::uri::Authority>() else { return Err(bad_authority) };
+        match cluster.forward_proxy_hosts(a.host(), a.port_u16().unwrap_or(80)).await {
+            Ok(h) => h,
+            Err(crate::cluster::ResolveError::InvalidHost(_)) => return Err(bad_authority),
+            Err(e) => {
+                tracing::debug!(cluster = %cluster.cfg.name, error = %e, "forward proxy: no address");
+                return Err(AttemptFail {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    flags: Flags::DNS_RESOLUTION_FAILED,
+                    msg: "DNS resolution failure",
+                    grpc_code: Some(14),
+                });
+            }
+        }
+    } else {
+        return Ok(None);
+    };
+    // A destination that is this very listener would loop through the proxy until some limit
+    // broke it (a forward-proxy request for the proxy's own address, or an original
+    // destination that could not be read).
+    let hosts: Vec<Arc<Host>> = hosts.into_iter().filter(|h| h.addr != ctx.local).collect();
+    if hosts.is_empty() {
+        return Err(AttemptFail {
+            status: StatusCode::FORBIDDEN,
+            flags: Flags::DOWNSTREAM_PROTOCOL_ERROR,
+            msg: "the destination is this proxy's own listener",
+            grpc_code: Some(7),
+        });
+    }
+    Ok(Some(hosts))
+}
+
+/// The next host for an attempt: from the request's own hosts (not yet tried first), else the
+/// balancer's pick.
+fn next_host(
+    cluster: &ClusterRt,
+    fixed: Option<&[Arc<Host>]>,
+    hash: Option<u64>,
+    tried: &[SocketAddr],
+) -> Option<Arc<Host>> {
+    match fixed {
+        Some(hs) => hs.iter().find(|h| !tried.contains(&h.addr)).or_else(|| hs.first()).cloned(),
+        None => cluster.pick(hash, tried),
     }
 }
 
@@ -237,7 +358,7 @@ async fn forward(
     vhost: &VirtualHost,
     route: &Route,
     fw: &Forward,
-    upgrade: bool,
+    upgrade: Upgrade,
     grpc: bool,
     authority: &str,
     path: &str,
@@ -313,10 +434,23 @@ async fn forward(
             false,
         );
     }
+    let fixed = match request_hosts(ctx, &cluster, authority).await {
+        Ok(f) => f,
+        Err(f) => return local_reply(ctx, rec, f.status, f.flags, f.msg, grpc, upgrade == Upgrade::Connect),
+    };
     rec.track_active(&cluster);
 
-    if upgrade && ctx.http.hcm.websocket {
-        return websocket(ctx, req, rec, &cluster, hash, &new_path, &new_authority, fw.timeout).await;
+    let retry: Option<&RetryPolicy> = fw.retry.as_ref().or(vhost.retry.as_ref());
+    match upgrade {
+        Upgrade::Connect => {
+            let idle = fw.idle_timeout.or(ctx.http.hcm.stream_idle_timeout).unwrap_or(Duration::from_secs(24 * 3600));
+            return tunnel(ctx, req, rec, &cluster, fixed.as_deref(), hash, retry, idle).await;
+        }
+        Upgrade::WebSocket if ctx.http.hcm.websocket => {
+            return websocket(ctx, req, rec, &cluster, fixed.as_deref(), hash, &new_path, &new_authority, fw.timeout)
+                .await;
+        }
+        _ => {}
     }
 
     let version = req.version();
@@ -337,8 +471,6 @@ async fn forward(
             overall = Some(t);
         }
     }
-    let retry: Option<&RetryPolicy> = fw.retry.as_ref().or(vhost.retry.as_ref());
-
     let (mut parts, body) = req.into_parts();
     // Stream idle timeout (route `idle_timeout`, else the connection manager's): a client that
     // stops sending its body, or an upstream that stops sending its response, is cut off.
@@ -369,8 +501,8 @@ async fn forward(
     });
 
     let attempt_loop = attempts(
-        ctx,
         &cluster,
+        fixed.as_deref(),
         &mut parts,
         replay.as_ref(),
         plain_body,
@@ -551,8 +683,8 @@ fn header_matches(m: &weft_config::HeaderMatcher, headers: &HeaderMap) -> bool {
 
 #[allow(clippy::too_many_arguments)]
 async fn attempts(
-    ctx: &Arc<ConnCtx>,
     cluster: &Arc<ClusterRt>,
+    fixed: Option<&[Arc<Host>]>,
     parts: &mut http::request::Parts,
     replay: Option<&ReplayBody>,
     mut plain_body: Option<ProxyBody>,
@@ -572,12 +704,7 @@ async fn attempts(
     loop {
         attempt += 1;
         rec.attempts = attempt;
-        let host = if cluster.is_original_dst() {
-            Some(cluster.original_dst_host(ctx.destination))
-        } else {
-            cluster.pick(hash, &tried)
-        };
-        let Some(host) = host else {
+        let Some(host) = next_host(cluster, fixed, hash, &tried) else {
             return Err(AttemptFail {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 flags: Flags::NO_HEALTHY_UPSTREAM,
@@ -921,16 +1048,13 @@ async fn websocket(
     mut req: Request<ProxyBody>,
     mut rec: Record,
     cluster: &Arc<ClusterRt>,
+    fixed: Option<&[Arc<Host>]>,
     hash: Option<u64>,
     path: &str,
     authority: &str,
     route_timeout: Option<Duration>,
 ) -> Response<ProxyBody> {
-    let Some(host) = (if cluster.is_original_dst() {
-        Some(cluster.original_dst_host(ctx.destination))
-    } else {
-        cluster.pick(hash, &[])
-    }) else {
+    let Some(host) = next_host(cluster, fixed, hash, &[]) else {
         return local_reply(
             ctx,
             rec,
@@ -1016,7 +1140,9 @@ async fn websocket(
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let idle = ctx.http.hcm.stream_idle_timeout.unwrap_or(Duration::from_secs(300));
+    let open = ctx.clone();
     tokio::spawn(async move {
+        let _open = open;
         let (Ok(d), Ok(u)) = (downstream_upgrade.await, upstream_upgrade.await) else { return };
         let d = hyper_util::rt::TokioIo::new(d);
         let u = hyper_util::rt::TokioIo::new(u);
@@ -1025,6 +1151,113 @@ async fn websocket(
     let (parts, _) = resp.into_parts();
     let resp = Response::from_parts(parts, body::empty());
     TrackedBody::wrap(resp, rec, ctx.shared.clone(), None)
+}
+
+// ---- CONNECT ----------------------------------------------------------------------------------
+
+/// CONNECT: connects to a host of the route's cluster (retrying connect failures when the
+/// route's retry policy says so), answers 200 and splices the client's bytes with the upstream
+/// connection until both sides close or nothing moves for `idle`. The request is logged and
+/// counted when the tunnel ends, with the bytes each way.
+#[allow(clippy::too_many_arguments)]
+async fn tunnel(
+    ctx: &Arc<ConnCtx>,
+    mut req: Request<ProxyBody>,
+    mut rec: Record,
+    cluster: &Arc<ClusterRt>,
+    fixed: Option<&[Arc<Host>]>,
+    hash: Option<u64>,
+    retry: Option<&RetryPolicy>,
+    idle: Duration,
+) -> Response<ProxyBody> {
+    let retries = retry.filter(|p| retry_on_error(p, RetryKind::ConnectFailure)).map(|p| p.num_retries).unwrap_or(0);
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut connected = None;
+    for attempt in 1..=retries.saturating_add(1) {
+        rec.attempts = attempt;
+        let Some(host) = next_host(cluster, fixed, hash, &tried) else {
+            return local_reply(
+                ctx,
+                rec,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Flags::NO_HEALTHY_UPSTREAM,
+                "no healthy upstream",
+                false,
+                true,
+            );
+        };
+        tried.push(host.addr);
+        host.rq_total.fetch_add(1, Relaxed);
+        cluster.stats.rq_total.fetch_add(1, Relaxed);
+        match cluster.connect_tcp(&host).await {
+            Ok((up, guard)) => {
+                connected = Some((host, up, guard));
+                break;
+            }
+            Err(ConnectError::Overflow) => {
+                return local_reply(
+                    ctx,
+                    rec,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Flags::UPSTREAM_OVERFLOW,
+                    "upstream overflow",
+                    false,
+                    true,
+                )
+            }
+            Err(e) => {
+                tracing::debug!(cluster = %cluster.cfg.name, upstream = %host.addr, error = %e, "CONNECT: upstream connect failed");
+                host.rq_error.fetch_add(1, Relaxed);
+                cluster.report(&host, Outcome::ConnectFailure);
+                if attempt > 1 {
+                    cluster.stats.rq_retry.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
+    let Some((host, up, guard)) = connected else {
+        if retries > 0 {
+            rec.flags.insert(Flags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+        }
+        return local_reply(
+            ctx,
+            rec,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Flags::UPSTREAM_CONNECTION_FAILURE,
+            "upstream connect error",
+            false,
+            true,
+        );
+    };
+    cluster.report(&host, Outcome::Status(200));
+    rec.upstream = Some(host.addr);
+    rec.status = 200;
+    rec.close_connection = false;
+    let downstream = hyper::upgrade::on(&mut req);
+    let mut resp = Response::new(body::empty());
+    finish_common(ctx, resp.headers_mut(), &rec);
+    let active = ActiveGuard::new(host);
+    let open = ctx.clone();
+    tokio::spawn(async move {
+        let _active = active;
+        let _guard = guard;
+        match downstream.await {
+            Ok(d) => {
+                let (to_upstream, to_client, end) = crate::tcp::splice(hyper_util::rt::TokioIo::new(d), up, idle).await;
+                rec.bytes_sent = to_client;
+                rec.rx_bytes = Some(Arc::new(std::sync::atomic::AtomicU64::new(to_upstream)));
+                if let Err(e) = end {
+                    if e.kind() == std::io::ErrorKind::TimedOut {
+                        rec.flags.insert(Flags::STREAM_IDLE_TIMEOUT);
+                    }
+                    tracing::debug!(error = %e, "CONNECT tunnel ended");
+                }
+            }
+            Err(_) => rec.flags.insert(Flags::DOWNSTREAM_CONNECTION_TERMINATION),
+        }
+        open.shared.finish_request(&rec);
+    });
+    resp
 }
 
 // ---- response helpers -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ use weft_config::{DownstreamCodec, Listener, Transport};
 
 use crate::chain::{select_chain, ConnInfo};
 use crate::http::{serve, ConnCtx};
-use crate::snapshot::{ChainRt, HttpRt, ListenerRt};
+use crate::snapshot::{ChainRt, HttpRt};
 use crate::Shared;
 
 /// What the control thread tells a worker.
@@ -184,7 +184,7 @@ impl Drop for CxActive {
     }
 }
 
-async fn handle_connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStream, peer: SocketAddr, _guard: CxActive) {
+async fn handle_connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStream, peer: SocketAddr, guard: CxActive) {
     let snap = shared.snapshot.load_full();
     let Some(l) = snap.listeners.get(&*name).cloned() else { return };
     let local = stream.local_addr().unwrap_or(l.cfg.address);
@@ -207,12 +207,15 @@ async fn handle_connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStrea
         },
     };
     match chain {
-        ChainRt::Tcp(t) => crate::tcp::proxy(shared, snap, t, stream, destination, l.reporter).await,
+        ChainRt::Tcp(t) => {
+            crate::tcp::proxy(shared, snap, t, stream, destination, l.reporter).await;
+            drop(guard);
+        }
         ChainRt::Http(h) => {
             // HTTP requests look up routes and clusters in the current snapshot, so the
             // connection must not pin this one.
             drop(snap);
-            serve_http(shared, &l, h, stream, peer, destination).await
+            serve_http(shared, h, stream, peer, local, destination, guard).await
         }
     }
 }
@@ -285,13 +288,16 @@ fn classify(b: &[u8], http: bool, full: bool) -> Classified {
     }
 }
 
+/// Serves HTTP on one connection. `guard` counts the connection as open for as long as it or a
+/// tunnel made from it (WebSocket, CONNECT) lives, so a drain waits for tunnels too.
 async fn serve_http(
     shared: Arc<Shared>,
-    l: &ListenerRt,
     h: Arc<HttpRt>,
     stream: TcpStream,
     peer: SocketAddr,
+    local: SocketAddr,
     destination: SocketAddr,
+    guard: CxActive,
 ) {
     let hcm = h.hcm.clone();
     // HTTP/1 framing watch (CL+TE conflicts answer 400); HTTP/2-only listeners skip it.
@@ -302,7 +308,8 @@ async fn serve_http(
             (g, Some(v))
         }
     };
-    let ctx = Arc::new(ConnCtx { shared: shared.clone(), http: h, peer, destination, h1_verdicts });
+    let ctx =
+        Arc::new(ConnCtx { shared: shared.clone(), http: h, peer, local, destination, h1_verdicts, _open: guard });
     let svc = service_fn(move |req| serve(ctx.clone(), req));
     let mut drain = shared.drain_rx.clone();
     let io = TokioIo::new(stream);
@@ -327,7 +334,6 @@ async fn serve_http(
         DownstreamCodec::Http1 => builder.http1_only(),
         DownstreamCodec::Http2 => builder.http2_only(),
     };
-    let _ = l;
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let idle = hcm.idle_timeout;

@@ -48,6 +48,7 @@ fn bench(c: &mut Criterion) {
         headers,
         is_grpc: false,
         port: 80,
+        exact_authority: false,
     };
     // `'static` views: leak the two small maps once.
     let none: &'static HeaderMap = Box::leak(Box::new(none));

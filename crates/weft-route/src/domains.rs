@@ -129,7 +129,8 @@ impl DomainIndex {
     }
 
     /// The virtual host for `authority` (see [`crate::RouteTable::select_vhost`] for the order).
-    pub(crate) fn find(&self, authority: &str, port: u16) -> Option<usize> {
+    /// `alternates`: also try the authority without its port, or with `port` added.
+    pub(crate) fn find(&self, authority: &str, port: u16, alternates: bool) -> Option<usize> {
         let primary = ascii_lower(authority);
         let primary = primary.as_ref();
         // The common case, an exact domain as sent, costs one hash lookup and nothing else.
@@ -138,6 +139,7 @@ impl DomainIndex {
         }
         let mut buf = PortBuf::new();
         let (stripped, with_port): (Option<&str>, Option<&str>) = match split_port(primary) {
+            _ if !alternates => (None, None),
             (host, Some(_)) => (Some(host), None),
             (host, None) if port != 0 && !host.is_empty() && (self.exact_has_port || self.suffix_has_port) => {
                 (None, Some(buf.join(host, port)))

@@ -46,6 +46,10 @@ pub struct RequestView<'a> {
     /// The listener's (or the original destination's) port, used to try `host:port` domains when
     /// the authority has no port. 0 means unknown.
     pub port: u16,
+    /// Look the authority up only as sent, as Envoy does: no port is dropped and none added.
+    /// For forward-proxy requests (absolute-form target, CONNECT), whose authority names the
+    /// destination: `reviews:1234` must not reach the virtual host of `reviews`.
+    pub exact_authority: bool,
 }
 
 /// The route chosen for a request, with its position in the config (for stats and logs).
@@ -99,14 +103,16 @@ impl RouteTable {
     /// matches an empty label (`*.foo.com` does not match `.foo.com`). A trailing dot
     /// (`example.com.`) is not stripped, as in Envoy without `strip_trailing_host_dot`.
     pub fn select_vhost(&self, authority: &str, port: u16) -> Option<usize> {
-        self.domains.find(authority, port)
+        self.domains.find(authority, port, true)
     }
 
-    /// The virtual host for the request's authority, then the first of its routes whose match
-    /// holds (see the crate tests for the matcher table). None when no virtual host serves the
-    /// authority or none of its routes match (Envoy answers 404 with `NR`).
+    /// The virtual host for the request's authority (with `exact_authority`, only the authority
+    /// as sent is tried in each tier), then the first of its routes whose match holds (see the
+    /// crate tests for the matcher table). A CONNECT request matches only routes with `connect`,
+    /// and those match nothing else. None when no virtual host serves the authority or none of
+    /// its routes match (Envoy answers 404 with `NR`).
     pub fn select<'a>(&'a self, req: &RequestView<'_>) -> Option<Selected<'a>> {
-        let vhost_index = self.select_vhost(req.authority, req.port)?;
+        let vhost_index = self.domains.find(req.authority, req.port, !req.exact_authority)?;
         let vhost = self.cfg.virtual_hosts.get(vhost_index)?;
         let compiled = self.compiled.get(vhost_index)?;
         let (path, query) = uri::split_target(req.path);

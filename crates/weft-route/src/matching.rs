@@ -55,13 +55,18 @@ pub(crate) struct Target<'a> {
 }
 
 pub(crate) fn route_matches(m: &RouteMatch, c: &CompiledMatch, req: &RequestView<'_>, t: &Target<'_>) -> bool {
-    let path_ok = match &m.path {
-        PathMatch::Prefix(p) => starts_with(t.path, p, m.case_sensitive),
-        PathMatch::Exact(p) => equals(t.path, p, m.case_sensitive),
-        // `case_sensitive` does not apply to regexes in Envoy; the pattern is anchored (full match).
-        PathMatch::Regex(r) => r.is_match(t.path),
-        PathMatch::PathSeparatedPrefix(p) => {
-            starts_with(t.path, p, m.case_sensitive) && matches!(t.path.as_bytes().get(p.len()), None | Some(b'/'))
+    // Envoy's `connect_matcher`: CONNECT requests have no path and meet only these routes.
+    let path_ok = if m.connect || req.method == "CONNECT" {
+        m.connect && req.method == "CONNECT"
+    } else {
+        match &m.path {
+            PathMatch::Prefix(p) => starts_with(t.path, p, m.case_sensitive),
+            PathMatch::Exact(p) => equals(t.path, p, m.case_sensitive),
+            // `case_sensitive` does not apply to regexes in Envoy; the pattern is anchored (full match).
+            PathMatch::Regex(r) => r.is_match(t.path),
+            PathMatch::PathSeparatedPrefix(p) => {
+                starts_with(t.path, p, m.case_sensitive) && matches!(t.path.as_bytes().get(p.len()), None | Some(b'/'))
+            }
         }
     };
     // Cheap checks first; header and query matching may join values or percent-decode.

@@ -35,7 +35,7 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
 
 /// `vhost/route` names of the selection, for compact expectations.
 fn pick(t: &RouteTable, authority: &str, port: u16, path: &str, method: &str, h: &HeaderMap, grpc: bool) -> String {
-    let req = RequestView { authority, path, method, headers: h, is_grpc: grpc, port };
+    let req = RequestView { authority, path, method, headers: h, is_grpc: grpc, port, exact_authority: false };
     match t.select(&req) {
         Some(s) => {
             // Indices and references must agree.
@@ -117,6 +117,57 @@ fn virtual_hosts_are_chosen_exact_then_longest_suffix_then_longest_prefix_then_a
     for miss in ["b.com", "a.comx", "xa.com", "", "*", "a.com:"] {
         assert_eq!(pick(&no_any, miss, 80, "/", "GET", &h, false), "none", "{miss:?} must not match");
     }
+}
+
+#[test]
+fn forward_proxy_requests_match_the_authority_as_sent_and_connect_meets_only_connect_routes() {
+    let t = table(
+        "- name: reviews\n\
+         \x20 domains: [reviews, \"reviews:80\", \"reviews:9080\"]\n\
+         \x20 routes:\n\
+         \x20   - {name: tunnel, match: {connect: true}, route: {cluster: d}}\n\
+         \x20   - {name: http, route: {cluster: c}}\n\
+         - name: db\n\
+         \x20 domains: [\"db:5432\"]\n\
+         \x20 routes: [{name: tunnel, match: {connect: true}, route: {cluster: d}}]\n\
+         - name: wild\n\
+         \x20 domains: [\"*.ext.example:443\"]\n\
+         \x20 routes: [{name: tunnel, match: {connect: true}, route: {cluster: d}}]\n\
+         - {name: any, domains: [\"*\"], routes: [{name: http, route: {cluster: c}}, {name: tunnel, match: {connect: true}, route: {cluster: c}}]}\n",
+    );
+    let h = HeaderMap::new();
+    let pick_exact = |authority: &str, method: &str| {
+        let req = RequestView {
+            authority,
+            path: "/",
+            method,
+            headers: &h,
+            is_grpc: false,
+            port: 15080,
+            exact_authority: true,
+        };
+        t.select(&req).map(|s| format!("{}/{}", s.vhost.name, s.route.name)).unwrap_or_else(|| "none".into())
+    };
+    // (authority, method, expected vhost/route, why)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("reviews:9080", "GET", "reviews/http", "host:port as sent"),
+        ("reviews", "GET", "reviews/http", "bare host as sent"),
+        ("reviews:1234", "GET", "any/http", "a port the mesh does not list is not dropped"),
+        ("reviews:9080", "CONNECT", "reviews/tunnel", "CONNECT meets only the connect route"),
+        ("db:5432", "CONNECT", "db/tunnel", "TCP service tunnel"),
+        ("db:5432", "GET", "none", "a connect route never serves a plain request"),
+        ("db", "CONNECT", "any/tunnel", "no port added: db:15080 is not tried"),
+        ("api.ext.example:443", "CONNECT", "wild/tunnel", "wildcard with port"),
+        ("api.ext.example:8443", "CONNECT", "any/tunnel", "the wildcard's port must match"),
+        ("elsewhere:80", "CONNECT", "any/tunnel", "unknown destinations reach the catch-all"),
+    ];
+    for (authority, method, want, why) in cases {
+        assert_eq!(pick_exact(authority, method), *want, "{method} {authority}: {why}");
+    }
+    // Without `exact_authority` (origin-form requests) the usual fallbacks apply, and CONNECT
+    // still only meets connect routes.
+    assert_eq!(pick(&t, "reviews:1234", 80, "/", "GET", &h, false), "reviews/http");
+    assert_eq!(pick(&t, "reviews:1234", 80, "/", "CONNECT", &h, false), "reviews/tunnel");
 }
 
 #[test]
@@ -676,8 +727,15 @@ fn arbitrary_input_never_panics() {
     for _ in 0..5000 {
         let authority = random_string(6);
         let path = random_string(8);
-        let req =
-            RequestView { authority: &authority, path: &path, method: "GET", headers: &h, is_grpc: false, port: 80 };
+        let req = RequestView {
+            authority: &authority,
+            path: &path,
+            method: "GET",
+            headers: &h,
+            is_grpc: false,
+            port: 80,
+            exact_authority: false,
+        };
         if let Some(s) = t.select(&req) {
             match &s.route.action {
                 RouteAction::Forward(f) => {

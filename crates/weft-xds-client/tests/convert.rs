@@ -771,6 +771,7 @@ fn model_hcm(route: &str) -> Arc<HttpConnectionManager> {
         stream_idle_timeout: Some(Duration::from_secs(300)),
         idle_timeout: Some(Duration::from_secs(3600)),
         websocket: false,
+        connect: false,
         generate_request_id: true,
         use_remote_address: false,
         limits: HttpLimits::default(),
@@ -1405,6 +1406,7 @@ fn route_configurations_convert() {
                 QueryMatcher { name: "debug".into(), value: None },
             ],
             grpc: true,
+            connect: false,
         },
         action: RouteAction::Forward(Forward {
             cluster: ClusterSpecifier::Weighted(vec![

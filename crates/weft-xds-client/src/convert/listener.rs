@@ -304,6 +304,7 @@ pub(crate) fn http_connection_manager(
     };
     let common = h.common_http_protocol_options.as_ref();
     let mut websocket = false;
+    let mut connect = false;
     for (i, u) in h.upgrade_configs.iter().enumerate() {
         let enabled = u.enabled.as_ref().map(|b| b.value).unwrap_or(true);
         if !u.filters.is_empty() {
@@ -311,6 +312,8 @@ pub(crate) fn http_connection_manager(
         }
         if u.upgrade_type.eq_ignore_ascii_case("websocket") {
             websocket = enabled;
+        } else if u.upgrade_type.eq_ignore_ascii_case("CONNECT") {
+            connect = enabled;
         } else if enabled {
             return Err(ctx.err(
                 format!("{f}.upgrade_configs[{i}].upgrade_type"),
@@ -349,6 +352,7 @@ pub(crate) fn http_connection_manager(
             Some(Duration::from_secs(3600)),
         )?,
         websocket,
+        connect,
         generate_request_id: h.generate_request_id.as_ref().map(|b| b.value).unwrap_or(true),
         use_remote_address: h.use_remote_address.as_ref().map(|b| b.value).unwrap_or(false),
         limits,

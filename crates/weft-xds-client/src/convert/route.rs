@@ -156,6 +156,7 @@ fn route(ctx: &Ctx, f: &str, r: &pb::Route, parent_fault: &FaultLevel, parent_mi
 
 fn route_match(ctx: &Ctx, f: &str, m: &pb::RouteMatch) -> R<RouteMatch> {
     use pb::route_match::PathSpecifier as P;
+    let mut connect = false;
     let path = match &m.path_specifier {
         Some(P::Prefix(p)) => PathMatch::Prefix(p.clone()),
         Some(P::Path(p)) => PathMatch::Exact(p.clone()),
@@ -166,7 +167,10 @@ fn route_match(ctx: &Ctx, f: &str, m: &pb::RouteMatch) -> R<RouteMatch> {
             }
             PathMatch::PathSeparatedPrefix(p.clone())
         }
-        Some(P::ConnectMatcher(_)) => return Err(ctx.unsupported(format!("{f}.connect_matcher"))),
+        Some(P::ConnectMatcher(_)) => {
+            connect = true;
+            PathMatch::Prefix("/".into())
+        }
         Some(P::PathMatchPolicy(_)) => return Err(ctx.unsupported(format!("{f}.path_match_policy"))),
         None => return Err(ctx.err(f, "prefix, path, safe_regex or path_separated_prefix is required")),
     };
@@ -210,6 +214,7 @@ fn route_match(ctx: &Ctx, f: &str, m: &pb::RouteMatch) -> R<RouteMatch> {
         headers,
         query,
         grpc: m.grpc.is_some(),
+        connect,
     })
 }
 
