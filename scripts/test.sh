@@ -98,7 +98,7 @@ if ((${#missing_pkgs[@]})); then
         have "$tool" || die "$tool still missing after installing $pkg"
     done
 else
-    echo "all present: curl h2load etcd iptables nft ip dig openssl python3"
+    echo "all present: curl h2load etcd iptables nft ip dig dnsmasq openssl python3"
 fi
 
 # ---------------------------------------------------------------------------

@@ -334,7 +334,8 @@ pub async fn check(a: CheckArgs) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
-/// Prints one row per proxy with the state of each xDS type, like `istioctl proxy-status`:
+/// Prints one row per proxy with the state of each xDS type (NDS: the DNS name table of
+/// `weft dns`), like `istioctl proxy-status`:
 /// SYNCED (the last response was ACKed), NACK (it was rejected), STALE (sent, not yet answered),
 /// NOT SENT (never pushed).
 fn print_proxies(proxies: &serde_json::Value) {
@@ -351,12 +352,19 @@ fn print_proxies(proxies: &serde_json::Value) {
         "EDS".into(),
         "LDS".into(),
         "RDS".into(),
+        "NDS".into(),
     ]];
     let mut nacks = Vec::new();
     for p in list {
         let s = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
         let mut row = vec![s("node_id"), s("tenant"), s("protocol")];
-        for ty in [weft_xds_url::CLUSTER, weft_xds_url::ENDPOINT, weft_xds_url::LISTENER, weft_xds_url::ROUTE] {
+        for ty in [
+            weft_xds_url::CLUSTER,
+            weft_xds_url::ENDPOINT,
+            weft_xds_url::LISTENER,
+            weft_xds_url::ROUTE,
+            weft_xds_url::NAME_TABLE,
+        ] {
             let (state, nack) = type_state(p.get("types").and_then(|t| t.get(ty)));
             if let Some(m) = nack {
                 nacks.push(format!("{} {}: {m}", s("node_id"), weft_xds_url::short(ty)));
