@@ -54,7 +54,8 @@ fn ip_of(any: &weft_xds::envoy_types::pb::google::protobuf::Any) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sotw_serves_the_table_to_subscribers_only() {
     let asked = Arc::new(Mutex::new(Vec::new()));
-    let server = TestServer::start(Arc::new(Dns { ip: "240.240.0.1", asked: asked.clone() }), AdsOptions::default()).await;
+    let server =
+        TestServer::start(Arc::new(Dns { ip: "240.240.0.1", asked: asked.clone() }), AdsOptions::default()).await;
 
     let dns_node = node("10.0.0.1", "dns-1", "shop");
     let mut dns = SotwClient::connect(&server.endpoint, vec![sotw_request(Some(&dns_node), NAME_TABLE, &[])]).await;
@@ -86,7 +87,8 @@ async fn sotw_serves_the_table_to_subscribers_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delta_serves_the_table_by_its_empty_name() {
-    let server = TestServer::start(Arc::new(Dns { ip: "240.240.0.1", asked: Arc::default() }), AdsOptions::default()).await;
+    let server =
+        TestServer::start(Arc::new(Dns { ip: "240.240.0.1", asked: Arc::default() }), AdsOptions::default()).await;
     let n = node("10.0.0.3", "dns-2", "shop");
     let mut c = DeltaClient::connect(&server.endpoint, vec![delta_request(Some(&n), NAME_TABLE, &[], &[])]).await;
     let resp = c.recv().await;

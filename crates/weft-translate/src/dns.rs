@@ -130,8 +130,11 @@ impl Mesh {
     /// type, so a DNS client costs one cached table and a proxy without DNS costs no table.
     pub fn generate_for<S: AsRef<str>>(&self, node: &NodeInfo, types: &[S]) -> ResourceSet {
         let wants = |t: &str| types.iter().any(|x| x.as_ref() == t);
-        let mut set =
-            if types.iter().any(|t| t.as_ref() != type_url::NAME_TABLE) { self.generate(node) } else { Default::default() };
+        let mut set = if types.iter().any(|t| t.as_ref() != type_url::NAME_TABLE) {
+            self.generate(node)
+        } else {
+            Default::default()
+        };
         if wants(type_url::NAME_TABLE) {
             let r = self.name_table(node);
             set.by_type.entry(type_url::NAME_TABLE.to_string()).or_default().insert(r.name.clone(), r);
