@@ -12,6 +12,7 @@
 
 mod cluster;
 mod dns;
+mod grpc;
 mod index;
 mod listener;
 pub mod naming;
@@ -188,7 +189,7 @@ impl Mesh {
             Some(set) => set,
             None => {
                 let scope = Scope::new(tenant, &self.options, proxy.clone(), sidecar.clone());
-                let set = Arc::new(if grpc { grpc_resources(&scope) } else { outbound_resources(&scope) });
+                let set = Arc::new(if grpc { grpc::resources(&scope) } else { outbound_resources(&scope) });
                 if let Ok(mut cache) = self.cache.lock() {
                     if cache.len() >= MAX_CACHED_SCOPES {
                         cache.clear();
@@ -302,28 +303,6 @@ fn outbound_resources(scope: &Scope) -> ResourceSet {
     }
     for l in listener::bind_outbound(scope) {
         insert(&mut set, &l.name.clone(), &l);
-    }
-    set
-}
-
-/// What a proxyless gRPC client can ask for: `HOST:PORT` API listeners and route
-/// configurations for HTTP-ish ports of visible services, and the clusters.
-fn grpc_resources(scope: &Scope) -> ResourceSet {
-    let mut set = ResourceSet::default();
-    add_service_clusters(scope, &mut set);
-    for s in scope.services.values() {
-        for p in &s.ports {
-            let visible = scope.ports.get(&p.number).is_some_and(|v| v.iter().any(|ps| ps.service.host == s.host));
-            let http =
-                matches!(listener::port_kind(&p.protocol), listener::PortKind::Http | listener::PortKind::Sniffed);
-            if !visible || !http || s.is_wildcard() {
-                continue;
-            }
-            let l = listener::grpc_listener(&s.host, p.number);
-            insert(&mut set, &l.name.clone(), &l);
-            let rc = route::grpc_routes(scope, s, p.number);
-            insert(&mut set, &rc.name.clone(), &rc);
-        }
     }
     set
 }

@@ -480,10 +480,11 @@ pub fn bind_inbound(ports: &[InboundPort]) -> Vec<Listener> {
         .collect()
 }
 
-/// The API listener a proxyless gRPC client asks for as `HOST:PORT`.
-pub fn grpc_listener(host: &str, port: u16) -> Listener {
-    let name = format!("{host}:{port}");
-    let mut hcm = hcm_rds(&name, &name);
+/// The API listener a proxyless gRPC client asks for as `HOST:PORT` (`name`), reading its
+/// routes from RDS `route_name`.
+pub fn grpc_listener(name: &str, route_name: &str) -> Listener {
+    let name = name.to_string();
+    let mut hcm = hcm_rds(&name, route_name);
     hcm.upgrade_configs.clear();
     hcm.use_remote_address = None;
     Listener { name, api_listener: Some(ApiListener { api_listener: Some(pb::any(&hcm)) }), ..Default::default() }

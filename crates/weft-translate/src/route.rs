@@ -1,6 +1,6 @@
 //! RDS: one RouteConfiguration per outbound port (named by the port) with a virtual host per
 //! visible service, routes from the VirtualService's `http` rules, and the catch-all
-//! `allow_any`/`block_all` host; for proxyless gRPC, one RouteConfiguration per `HOST:PORT`.
+//! `allow_any`/`block_all` host; for proxyless gRPC, one RouteConfiguration per service port.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -68,13 +68,13 @@ pub fn port_routes(scope: &Scope, port: u16, services: &[PortService]) -> RouteC
     }
 }
 
-/// The RouteConfiguration a proxyless gRPC client asks for by `HOST:PORT`.
-pub fn grpc_routes(scope: &Scope, s: &Service, port: u16) -> RouteConfiguration {
-    let name = format!("{}:{port}", s.host);
-    let domains = vec![s.host.clone(), name.clone()];
+/// The RouteConfiguration `name` of a proxyless gRPC client's API listeners for one service
+/// port: one virtual host answering every name of the service (gRPC matches the channel
+/// target's authority, e.g. `reviews:9080`, against the domains).
+pub fn grpc_routes(scope: &Scope, s: &Service, port: u16, name: &str) -> RouteConfiguration {
     RouteConfiguration {
-        name,
-        virtual_hosts: vec![virtual_host(scope, s, port, domains)],
+        name: name.to_string(),
+        virtual_hosts: vec![virtual_host(scope, s, port, domains(scope, s, port))],
         validate_clusters: Some(pb::boolv(false)),
         ..Default::default()
     }
