@@ -13,6 +13,7 @@
 mod cluster;
 mod dns;
 mod grpc;
+mod http_proxy;
 mod index;
 mod listener;
 pub mod naming;
@@ -182,6 +183,7 @@ impl Mesh {
             selectors: matching_selectors(tenant, &node.labels),
             locality: locality.clone(),
             labels: failover_labels(tenant, node),
+            http_proxy: node.http_proxy_port.is_some() && !grpc,
         };
         let proxy = ScopeProxy { namespace: node.namespace.clone(), labels: node.labels.clone(), locality };
         let cached = self.cache.lock().ok().and_then(|c| c.get(&key).cloned());
@@ -190,6 +192,7 @@ impl Mesh {
             None => {
                 let scope = Scope::new(tenant, &self.options, proxy.clone(), sidecar.clone());
                 let set = Arc::new(if grpc { grpc::resources(&scope) } else { outbound_resources(&scope) });
+                let set = if key.http_proxy { with_http_proxy(&scope, set) } else { set };
                 if let Ok(mut cache) = self.cache.lock() {
                     if cache.len() >= MAX_CACHED_SCOPES {
                         cache.clear();
@@ -203,6 +206,10 @@ impl Mesh {
         if !grpc {
             let scope = Scope::new_bare(tenant, &self.options, proxy, sidecar);
             inbound_resources(&scope, node, &mut out);
+            if let Some(port) = node.http_proxy_port {
+                let l = http_proxy::listener(port);
+                insert(&mut out, &l.name.clone(), &l);
+            }
         }
         out
     }
@@ -262,6 +269,17 @@ fn failover_labels(tenant: &Tenant, node: &NodeInfo) -> Vec<(String, String)> {
 
 fn insert<M: prost::Message + prost::Name>(set: &mut ResourceSet, name: &str, msg: &M) {
     set.insert(weft_xds::Resource::new(name, msg));
+}
+
+/// The scope's outbound resources plus what the HTTP-proxy listener needs: its routes
+/// (`http_proxy`) and the forward proxy cluster.
+fn with_http_proxy(scope: &Scope, set: Arc<ResourceSet>) -> Arc<ResourceSet> {
+    let mut set = Arc::unwrap_or_clone(set);
+    let rc = http_proxy::routes(scope, &set);
+    insert(&mut set, &rc.name.clone(), &rc);
+    let c = http_proxy::passthrough_cluster();
+    insert(&mut set, &c.name.clone(), &c);
+    Arc::new(set)
 }
 
 /// CDS and EDS for every visible service port and subset.

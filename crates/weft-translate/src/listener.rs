@@ -142,7 +142,7 @@ fn addr_label(a: &Cidr) -> String {
 
 /// Where a service's TCP traffic on a port goes: the first TCP route of its VirtualService that
 /// applies to this port and proxy, else the service's own cluster.
-fn tcp_targets(scope: &Scope, s: &Service, port: u16) -> Vec<(String, u32)> {
+pub(crate) fn tcp_targets(scope: &Scope, s: &Service, port: u16) -> Vec<(String, u32)> {
     if let Some(vs) = scope.virtual_service(&s.host) {
         for r in &vs.spec.tcp {
             let applies = r.matches.is_empty()

@@ -99,7 +99,7 @@ pub fn domains(scope: &Scope, s: &Service, port: u16) -> Vec<String> {
     out
 }
 
-fn virtual_host(scope: &Scope, s: &Service, port: u16, domains: Vec<String>) -> VirtualHost {
+pub(crate) fn virtual_host(scope: &Scope, s: &Service, port: u16, domains: Vec<String>) -> VirtualHost {
     let routes = match scope.virtual_service(&s.host) {
         Some(vs) => vs_routes(scope, vs, port),
         None => vec![default_route(scope, s, port)],

@@ -27,6 +27,8 @@ pub struct ScopeKey {
     pub locality: Option<Locality>,
     /// The proxy's values of the labels named by `failoverPriority` settings.
     pub labels: Vec<(String, String)>,
+    /// The proxy asked for an HTTP-proxy listener: its routes and cluster are part of the set.
+    pub http_proxy: bool,
 }
 
 /// The proxy identity a scope is computed from (only what the key captures).

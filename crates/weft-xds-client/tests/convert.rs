@@ -498,7 +498,7 @@ fn clusters_that_would_behave_differently_are_rejected() {
         ),
         (
             with(&|c| c.lb_policy = cl::cluster::LbPolicy::ClusterProvided as i32),
-            format!("Cluster {x:?}: lb_policy: CLUSTER_PROVIDED is supported only for ORIGINAL_DST clusters"),
+            format!("Cluster {x:?}: lb_policy: CLUSTER_PROVIDED is supported only for ORIGINAL_DST and dynamic forward proxy clusters"),
         ),
         (
             with(&|c| c.typed_extension_protocol_options = [("envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions".into(), Any::default())].into()),

@@ -1,7 +1,8 @@
 //! Everything weft's translator generates converts: every golden case of `weft-translate`
 //! (tests/golden/*.yaml there), for every node the case declares, through the same store the
 //! ADS client uses. Nothing may be rejected, and the assembled config must be whole: every RDS
-//! name a listener uses and every EDS assignment a cluster needs is in the generated set.
+//! name a listener uses and every EDS assignment a cluster needs is in the generated set. Each
+//! sidecar node is also generated a second time asking for an HTTP-proxy listener.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,6 +70,13 @@ fn case(path: &Path) -> (Mesh, Vec<NodeInfo>) {
             other => panic!("unknown directive {other}"),
         }
     }
+    // The same sidecars asking for the HTTP-proxy listener (node metadata HTTP_PROXY_PORT).
+    let with_proxy: Vec<NodeInfo> = nodes
+        .iter()
+        .filter(|n| n.generator != Generator::Grpc)
+        .map(|n| NodeInfo { http_proxy_port: Some(15080), ..n.clone() })
+        .collect();
+    nodes.extend(with_proxy);
     (Mesh::build(input).0, nodes)
 }
 
@@ -106,6 +114,11 @@ fn every_resource_the_translator_generates_converts() {
             assert!(missing.is_empty(), "{} node {}: the set lacks {missing:?}", path.display(), n.id);
             let cfg = store.assemble();
             assert!(!cfg.listeners.is_empty(), "{} node {}: no listeners", path.display(), n.id);
+            if n.http_proxy_port.is_some() {
+                let l = cfg.listeners.iter().find(|l| l.name == "127.0.0.1_15080");
+                assert!(l.is_some_and(|l| l.address.to_string() == "127.0.0.1:15080"), "{}", path.display());
+                assert!(cfg.route_configs.contains_key("http_proxy") || !failures.is_empty(), "{}", path.display());
+            }
         }
     }
     assert!(failures.is_empty(), "rejected:\n{}", failures.join("\n"));

@@ -118,7 +118,8 @@ pub enum Generator {
 ///
 /// The id follows Istio: `TYPE~IP~NAME.NAMESPACE~NAMESPACE.svc.cluster.local`. Metadata keys:
 /// `NAMESPACE`, `LABELS` (a struct of strings), `INSTANCE_IPS` (comma-separated), `GENERATOR`
-/// (`grpc` for proxyless clients), and `TENANT`. Metadata wins over what the id says; an id that
+/// (`grpc` for proxyless clients), `TENANT`, and `HTTP_PROXY_PORT` (Istio's per-proxy
+/// `proxyHttpPort`: the proxy wants an HTTP-proxy listener on 127.0.0.1 at that port). Metadata wins over what the id says; an id that
 /// is not in Istio's form is accepted as a plain name in namespace `default`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct NodeInfo {
@@ -132,7 +133,12 @@ pub struct NodeInfo {
     pub generator: Generator,
     /// Tenant the proxy belongs to; it only ever sees resources of this tenant.
     pub tenant: String,
+    /// Port of the HTTP-proxy listener the proxy asks for (metadata `HTTP_PROXY_PORT`).
+    pub http_proxy_port: Option<u16>,
 }
+
+/// Node metadata key of the HTTP-proxy port (Istio's name).
+pub const HTTP_PROXY_PORT: &str = "HTTP_PROXY_PORT";
 
 pub const DEFAULT_TENANT: &str = "default";
 
@@ -180,6 +186,24 @@ impl NodeInfo {
         if let Some(t) = meta_str(meta, "TENANT").filter(|t| !t.is_empty()) {
             info.tenant = t;
         }
+        // Istio sends the port as a string; a number is accepted too. Empty or 0: none.
+        let port = match meta_field(meta, HTTP_PROXY_PORT) {
+            Some(Kind::StringValue(s)) if s.trim().is_empty() => None,
+            Some(Kind::StringValue(s)) => Some(s.trim().parse::<u16>().map_err(|_| s.clone())),
+            Some(Kind::NumberValue(n)) if n.fract() == 0.0 && (0.0..=65535.0).contains(n) => Some(Ok(*n as u16)),
+            Some(other) => Some(Err(format!("{other:?}"))),
+            None => None,
+        };
+        info.http_proxy_port = match port {
+            None | Some(Ok(0)) => None,
+            Some(Ok(p)) => Some(p),
+            Some(Err(v)) => {
+                return Err(XdsError::BadNode {
+                    id,
+                    message: format!("metadata {HTTP_PROXY_PORT}: {v:?} is not a port"),
+                })
+            }
+        };
         Ok(info)
     }
 }
@@ -195,6 +219,7 @@ fn parse_id(id: &str) -> Result<NodeInfo, XdsError> {
         labels: BTreeMap::new(),
         generator: Generator::Envoy,
         tenant: DEFAULT_TENANT.to_string(),
+        http_proxy_port: None,
     };
     let parts: Vec<&str> = id.split('~').collect();
     if parts.len() != 4 {
@@ -382,6 +407,38 @@ mod tests {
             );
             assert_eq!(n.ips.first().map(|i| i.to_string()), ip.map(str::to_string), "{id}");
             assert_eq!(n.generator, Generator::Envoy);
+        }
+    }
+
+    #[test]
+    fn the_http_proxy_port_comes_from_metadata() {
+        let with = |v: Value| {
+            let meta = Struct { fields: [(HTTP_PROXY_PORT.to_string(), v)].into_iter().collect() };
+            NodeInfo::from_node(&node("sidecar~10.0.0.7~a.ns~ns.svc.cluster.local", Some(meta)))
+        };
+        let s = |v: &str| Value { kind: Some(Kind::StringValue(v.into())) };
+        let n = |v: f64| Value { kind: Some(Kind::NumberValue(v)) };
+        assert_eq!(NodeInfo::from_node(&node("x", None)).unwrap().http_proxy_port, None);
+        let cases: &[(Value, Option<Option<u16>>)] = &[
+            (s("15080"), Some(Some(15080))),
+            (s(" 8080 "), Some(Some(8080))),
+            (n(15080.0), Some(Some(15080))),
+            (s(""), Some(None)),
+            (s("0"), Some(None)),
+            (s("70000"), None),
+            (s("http"), None),
+            (n(1.5), None),
+            (Value { kind: Some(Kind::BoolValue(true)) }, None),
+        ];
+        for (v, want) in cases {
+            let got = with(v.clone());
+            match want {
+                Some(port) => assert_eq!(got.unwrap().http_proxy_port, *port, "{v:?}"),
+                None => {
+                    let e = got.unwrap_err().to_string();
+                    assert!(e.contains("HTTP_PROXY_PORT"), "{v:?}: {e}");
+                }
+            }
         }
     }
 

@@ -25,6 +25,64 @@ pub struct ClusterSpec {
     pub locality_weighted: bool,
 }
 
+const DFP_CLUSTER: &str = "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig";
+
+/// Envoy's dynamic forward proxy cluster (`cluster_type` `envoy.clusters.dynamic_forward_proxy`):
+/// hosts come from each request's authority. Only its DNS cache settings weft can honour are
+/// accepted: the refresh rate (how long answers are kept) and `max_hosts`.
+fn forward_proxy(ctx: &Ctx, c: &pb::Cluster) -> R<Discovery> {
+    use envoy_types::pb::envoy::extensions::clusters::dynamic_forward_proxy::v3 as dfp;
+    let f = "cluster_type.typed_config";
+    let Some(pb::cluster::ClusterDiscoveryType::ClusterType(ct)) = &c.cluster_discovery_type else {
+        return Err(ctx.err("cluster_type", "required"));
+    };
+    let Some(any) = &ct.typed_config else { return Err(ctx.err(f, "required")) };
+    let cfg: dfp::ClusterConfig = unpack(ctx, f, any)?;
+    if cfg.allow_coalesced_connections {
+        return Err(ctx.unsupported(format!("{f}.allow_coalesced_connections")));
+    }
+    if c.load_assignment.as_ref().is_some_and(|la| !la.endpoints.is_empty()) {
+        return Err(ctx.err("load_assignment", "a dynamic forward proxy cluster takes its hosts from requests"));
+    }
+    use dfp::cluster_config::ClusterImplementationSpecifier as S;
+    let cache = match &cfg.cluster_implementation_specifier {
+        Some(S::DnsCacheConfig(d)) => d,
+        Some(S::SubClustersConfig(_)) => return Err(ctx.unsupported(format!("{f}.sub_clusters_config"))),
+        None => return Err(ctx.err(format!("{f}.dns_cache_config"), "required")),
+    };
+    dns_cache(ctx, &format!("{f}.dns_cache_config"), cache)
+}
+
+/// A dynamic forward proxy DNS cache config (shared by the cluster and the HTTP filter).
+pub(crate) fn dns_cache(
+    ctx: &Ctx,
+    f: &str,
+    d: &envoy_types::pb::envoy::extensions::common::dynamic_forward_proxy::v3::DnsCacheConfig,
+) -> R<Discovery> {
+    if d.name.is_empty() {
+        return Err(ctx.err(format!("{f}.name"), "must not be empty"));
+    }
+    let unsupported: [(bool, &str); 5] = [
+        (!d.preresolve_hostnames.is_empty(), "preresolve_hostnames"),
+        (d.typed_dns_resolver_config.is_some(), "typed_dns_resolver_config"),
+        (d.dns_cache_circuit_breaker.is_some(), "dns_cache_circuit_breaker"),
+        (d.key_value_config.is_some(), "key_value_config"),
+        (d.dns_query_timeout.is_some_and(|t| t.seconds > 5), "dns_query_timeout (above 5s)"),
+    ];
+    if let Some((_, field)) = unsupported.iter().find(|(bad, _)| *bad) {
+        return Err(ctx.unsupported(format!("{f}.{field}")));
+    }
+    let refresh = dur_or(ctx, &format!("{f}.dns_refresh_rate"), &d.dns_refresh_rate, Duration::from_secs(60))?;
+    if refresh.is_zero() {
+        return Err(ctx.err(format!("{f}.dns_refresh_rate"), "must be greater than 0"));
+    }
+    let max_hosts = d.max_hosts.as_ref().map(|v| v.value).unwrap_or(1024);
+    if max_hosts == 0 || max_hosts > 65_536 {
+        return Err(ctx.err(format!("{f}.max_hosts"), "must be between 1 and 65536"));
+    }
+    Ok(Discovery::DynamicForwardProxy { refresh, max_hosts })
+}
+
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 /// Envoy's default upstream connection idle timeout.
 const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -40,27 +98,33 @@ pub fn cluster(c: &pb::Cluster) -> R<ClusterSpec> {
     use pb::cluster::ClusterDiscoveryType as T;
     use pb::cluster::DiscoveryType as D;
     let kind = match &c.cluster_discovery_type {
-        None => D::Static,
-        Some(T::Type(t)) => D::try_from(*t).map_err(|_| ctx.err("type", format!("unknown value {t}")))?,
-        Some(T::ClusterType(ct)) => return Err(ctx.err("cluster_type", format!("{:?} is not supported", ct.name))),
+        None => Some(D::Static),
+        Some(T::Type(t)) => Some(D::try_from(*t).map_err(|_| ctx.err("type", format!("unknown value {t}")))?),
+        Some(T::ClusterType(ct)) => match ct.typed_config.as_ref().map(|a| type_name(&a.type_url)) {
+            Some(DFP_CLUSTER) => None,
+            _ => return Err(ctx.err("cluster_type", format!("{:?} is not supported", ct.name))),
+        },
     };
     let dns_refresh = dur_or(&ctx, "dns_refresh_rate", &c.dns_refresh_rate, Duration::from_secs(5))?;
     if dns_refresh.is_zero() {
         return Err(ctx.err("dns_refresh_rate", "must be greater than 0"));
     }
     let (discovery, eds_service) = match kind {
-        D::Static => (Discovery::Static, None),
-        D::StrictDns => (Discovery::StrictDns { refresh: dns_refresh }, None),
-        D::LogicalDns => (Discovery::LogicalDns { refresh: dns_refresh }, None),
-        D::OriginalDst => (Discovery::OriginalDst, None),
-        D::Eds => {
-            let Some(eds) = &c.eds_cluster_config else {
-                return Err(ctx.err("eds_cluster_config", "required for type EDS"));
-            };
-            ads_source(&ctx, "eds_cluster_config.eds_config", &eds.eds_config)?;
-            let name = if eds.service_name.is_empty() { c.name.clone() } else { eds.service_name.clone() };
-            (Discovery::Eds, Some(name))
-        }
+        None => (forward_proxy(&ctx, c)?, None),
+        Some(kind) => match kind {
+            D::Static => (Discovery::Static, None),
+            D::StrictDns => (Discovery::StrictDns { refresh: dns_refresh }, None),
+            D::LogicalDns => (Discovery::LogicalDns { refresh: dns_refresh }, None),
+            D::OriginalDst => (Discovery::OriginalDst, None),
+            D::Eds => {
+                let Some(eds) = &c.eds_cluster_config else {
+                    return Err(ctx.err("eds_cluster_config", "required for type EDS"));
+                };
+                ads_source(&ctx, "eds_cluster_config.eds_config", &eds.eds_config)?;
+                let name = if eds.service_name.is_empty() { c.name.clone() } else { eds.service_name.clone() };
+                (Discovery::Eds, Some(name))
+            }
+        },
     };
 
     let common = c.common_lb_config.as_ref();
@@ -72,7 +136,7 @@ pub fn cluster(c: &pb::Cluster) -> R<ClusterSpec> {
             .unwrap_or(50.0);
 
     let localities = match (&discovery, &c.load_assignment) {
-        (Discovery::Eds | Discovery::OriginalDst, _) | (_, None) => Vec::new(),
+        (Discovery::Eds | Discovery::OriginalDst | Discovery::DynamicForwardProxy { .. }, _) | (_, None) => Vec::new(),
         (d, Some(la)) => {
             let dns = matches!(d, Discovery::StrictDns { .. } | Discovery::LogicalDns { .. });
             let Assignment { localities } = assignment(&ctx, "load_assignment", la, dns, locality_weighted)?;
@@ -220,8 +284,11 @@ fn lb_policy(ctx: &Ctx, c: &pb::Cluster, discovery: &Discovery) -> R<LbPolicy> {
             LbPolicy::Maglev { table_size: t }
         }
         P::ClusterProvided => {
-            if !matches!(discovery, Discovery::OriginalDst) {
-                return Err(ctx.err("lb_policy", "CLUSTER_PROVIDED is supported only for ORIGINAL_DST clusters"));
+            if !matches!(discovery, Discovery::OriginalDst | Discovery::DynamicForwardProxy { .. }) {
+                return Err(ctx.err(
+                    "lb_policy",
+                    "CLUSTER_PROVIDED is supported only for ORIGINAL_DST and dynamic forward proxy clusters",
+                ));
             }
             LbPolicy::RoundRobin
         }

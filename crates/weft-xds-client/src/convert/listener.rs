@@ -30,6 +30,7 @@ pub const HCM: &str = "envoy.extensions.filters.network.http_connection_manager.
 pub const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 pub const ROUTER: &str = "envoy.extensions.filters.http.router.v3.Router";
 pub const FAULT: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
+pub const FORWARD_PROXY: &str = "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig";
 const TLS_INSPECTOR: &str = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
 const ORIGINAL_DST: &str = "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
 const HTTP_INSPECTOR: &str = "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
@@ -363,7 +364,7 @@ pub(crate) fn http_connection_manager(
 }
 
 fn reject_hcm_fields(ctx: &Ctx, f: &str, h: &hcm::HttpConnectionManager) -> R<()> {
-    let checks: [(bool, &str); 15] = [
+    let checks: [(bool, &str); 16] = [
         (h.local_reply_config.is_some(), "local_reply_config"),
         (!h.via.is_empty(), "via"),
         (h.always_set_request_id_in_response, "always_set_request_id_in_response"),
@@ -371,6 +372,10 @@ fn reject_hcm_fields(ctx: &Ctx, f: &str, h: &hcm::HttpConnectionManager) -> R<()
         (!h.original_ip_detection_extensions.is_empty(), "original_ip_detection_extensions"),
         (!h.early_header_mutation_extensions.is_empty(), "early_header_mutation_extensions"),
         (h.strip_matching_host_port, "strip_matching_host_port"),
+        (
+            h.http_protocol_options.as_ref().and_then(|o| o.allow_absolute_url.as_ref()).is_some_and(|b| !b.value),
+            "http_protocol_options.allow_absolute_url (false)",
+        ),
         (h.strip_port_mode.is_some(), "strip_any_host_port"),
         (h.http3_protocol_options.is_some(), "http3_protocol_options"),
         (h.append_x_forwarded_port, "append_x_forwarded_port"),
@@ -412,6 +417,7 @@ fn http_filters(ctx: &Ctx, f: &str, filters: &[hcm::HttpFilter]) -> R<()> {
             None => match hf.name.as_str() {
                 "envoy.filters.http.router" | "envoy.router" => ROUTER.to_string(),
                 "envoy.filters.http.fault" | "envoy.fault" => FAULT.to_string(),
+                "envoy.filters.http.dynamic_forward_proxy" => FORWARD_PROXY.to_string(),
                 other => other.to_string(),
             },
         };
@@ -434,6 +440,27 @@ fn http_filters(ctx: &Ctx, f: &str, filters: &[hcm::HttpFilter]) -> R<()> {
                             "filter-level faults are not supported: configure them per route (typed_per_filter_config)",
                         ));
                     }
+                }
+            }
+            // The forward proxy clusters resolve the authority themselves; the filter's DNS cache
+            // settings are checked like theirs.
+            FORWARD_PROXY => {
+                use envoy_types::pb::envoy::extensions::filters::http::dynamic_forward_proxy::v3 as dfp;
+                let Some(C::TypedConfig(any)) = &hf.config_type else {
+                    return Err(ctx.err(format!("{field}.typed_config"), "required"));
+                };
+                let tf = format!("{field}.typed_config");
+                let fc: dfp::FilterConfig = unpack(ctx, &tf, any)?;
+                if fc.allow_dynamic_host_from_filter_state {
+                    return Err(ctx.unsupported(format!("{tf}.allow_dynamic_host_from_filter_state")));
+                }
+                use dfp::filter_config::ImplementationSpecifier as S;
+                match &fc.implementation_specifier {
+                    Some(S::DnsCacheConfig(d)) => {
+                        super::cluster::dns_cache(ctx, &format!("{tf}.dns_cache_config"), d)?;
+                    }
+                    Some(S::SubClusterConfig(_)) => return Err(ctx.unsupported(format!("{tf}.sub_cluster_config"))),
+                    None => return Err(ctx.err(format!("{tf}.dns_cache_config"), "required")),
                 }
             }
             k if IGNORED_HTTP_FILTERS.contains(&k) => {}

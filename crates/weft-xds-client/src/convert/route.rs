@@ -132,7 +132,10 @@ fn route(ctx: &Ctx, f: &str, r: &pb::Route, parent_fault: &FaultLevel, parent_mi
     let matcher = route_match(ctx, &format!("{f}.match"), m)?;
     use pb::route::Action as A;
     let action = match &r.action {
-        Some(A::Route(ra)) => RouteAction::Forward(forward(ctx, &format!("{f}.route"), ra, parent_mirrors)?),
+        Some(A::Route(ra)) => {
+            connect_upgrade(ctx, &format!("{f}.route"), ra, matcher.connect)?;
+            RouteAction::Forward(forward(ctx, &format!("{f}.route"), ra, parent_mirrors)?)
+        }
         Some(A::Redirect(rd)) => RouteAction::Redirect(redirect(ctx, &format!("{f}.redirect"), rd)?),
         Some(A::DirectResponse(d)) => RouteAction::Direct(direct(ctx, &format!("{f}.direct_response"), d)?),
         Some(A::FilterAction(_)) => return Err(ctx.unsupported(format!("{f}.filter_action"))),
@@ -246,6 +249,43 @@ pub(crate) fn header_matcher(ctx: &Ctx, f: &str, h: &pb::HeaderMatcher) -> R<Hea
     Ok(HeaderMatcher { name, rule, invert: h.invert_match })
 }
 
+/// weft terminates CONNECT (a TCP connection to the cluster's host carries the tunnel): a route
+/// with `connect_matcher` must say so with a CONNECT upgrade config that has a `connect_config`
+/// (without one Envoy would pass the CONNECT on to the upstream instead). Other routes take no
+/// CONNECT upgrade.
+fn connect_upgrade(ctx: &Ctx, f: &str, ra: &pb::RouteAction, connect: bool) -> R<()> {
+    let mut terminate = false;
+    for (i, u) in ra.upgrade_configs.iter().enumerate() {
+        if !u.upgrade_type.eq_ignore_ascii_case("CONNECT") || u.enabled.as_ref().is_some_and(|b| !b.value) {
+            continue;
+        }
+        let uf = format!("{f}.upgrade_configs[{i}]");
+        if !connect {
+            return Err(ctx.err(uf, "a CONNECT upgrade needs a route with connect_matcher"));
+        }
+        match &u.connect_config {
+            None => {
+                return Err(ctx.err(
+                    format!("{uf}.connect_config"),
+                    "required: weft terminates CONNECT and does not forward it to an upstream proxy",
+                ))
+            }
+            Some(c) if c.allow_post => return Err(ctx.unsupported(format!("{uf}.connect_config.allow_post"))),
+            Some(c) if c.proxy_protocol_config.is_some() => {
+                return Err(ctx.unsupported(format!("{uf}.connect_config.proxy_protocol_config")))
+            }
+            Some(_) => terminate = true,
+        }
+    }
+    if connect && !terminate {
+        return Err(ctx.err(
+            format!("{f}.upgrade_configs"),
+            "a connect_matcher route needs a CONNECT upgrade with connect_config (weft terminates CONNECT)",
+        ));
+    }
+    Ok(())
+}
+
 fn forward(ctx: &Ctx, f: &str, ra: &pb::RouteAction, parent_mirrors: &[Mirror]) -> R<Forward> {
     let checks: [(bool, &str); 14] = [
         (ra.cluster_not_found_response_code != 0, "cluster_not_found_response_code"),
@@ -262,7 +302,9 @@ fn forward(ctx: &Ctx, f: &str, ra: &pb::RouteAction, parent_mirrors: &[Mirror]) 
         (ra.early_data_policy.is_some(), "early_data_policy"),
         (
             ra.upgrade_configs.iter().any(|u| {
-                !u.upgrade_type.eq_ignore_ascii_case("websocket") && u.enabled.as_ref().is_none_or(|b| b.value)
+                !u.upgrade_type.eq_ignore_ascii_case("websocket")
+                    && !u.upgrade_type.eq_ignore_ascii_case("CONNECT")
+                    && u.enabled.as_ref().is_none_or(|b| b.value)
             }),
             "upgrade_configs",
         ),
