@@ -220,7 +220,7 @@ pub struct Stored {
 /// the SOA's TTL capped by its minimum; without an SOA they are not cached). SERVFAIL, REFUSED,
 /// truncated answers and TTLs of zero are not cached.
 pub fn storable(resp: &Message, max_ttl: u32) -> Option<Stored> {
-    if resp.metadata.truncation {
+    if resp.metadata.truncation || resp.metadata.message_type != MessageType::Response {
         return None;
     }
     let rcode = resp.metadata.response_code;
@@ -258,7 +258,8 @@ pub fn from_stored(s: &Stored, q: &Query, elapsed: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.wire.len() + 11);
     out.extend_from_slice(&s.wire);
     out[..2].copy_from_slice(&q.id.to_be_bytes());
-    out[2] = (out[2] & !0x01) | u8::from(q.rd);
+    // QR and the client's RD; RA.
+    out[2] = (out[2] & !0x01) | 0x80 | u8::from(q.rd);
     out[3] |= 0x80;
     if let Some(question) = &q.question {
         if out.len() >= 12 + question.len() && out[12..12 + question.len()].eq_ignore_ascii_case(question) {
@@ -285,6 +286,7 @@ pub fn from_stored(s: &Stored, q: &Query, elapsed: u32) -> Vec<u8> {
 pub fn relay(resp: &Message, q: &Query) -> Vec<u8> {
     let mut m = resp.clone();
     m.metadata.id = q.id;
+    m.metadata.message_type = MessageType::Response;
     m.metadata.recursion_desired = q.rd;
     m.queries.clear();
     let mut hq = HQuery::query(q.name.clone(), q.qtype);
