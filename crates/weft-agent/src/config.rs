@@ -430,6 +430,12 @@ pub fn parse(file: &str, text: &str) -> Result<AgentConfig, ConfigErrors> {
     };
     let mut v = Validator { file: file.to_string(), errors: Vec::new() };
     let config = v.file(raw);
+    if v.errors.is_empty() && config.capture.enabled {
+        // weft-capture's own checks of the plan this file makes.
+        if let Err(e) = crate::capture::plan(&config) {
+            v.err("capture", e);
+        }
+    }
     if v.errors.is_empty() {
         Ok(config)
     } else {
@@ -919,6 +925,15 @@ impl Validator {
         }
         if c.dns && !dns.enabled {
             self.err("capture.dns", "needs dns.enabled (DNS is redirected to weft dns)");
+        } else if c.dns && dns.listen.ip() != IpAddr::from([127, 0, 0, 1]) {
+            self.err(
+                "capture.dns",
+                format!(
+                    "DNS is redirected to 127.0.0.1:{}, so dns.listen must be on 127.0.0.1 (it is {})",
+                    dns.listen.port(),
+                    dns.listen
+                ),
+            );
         }
         c
     }

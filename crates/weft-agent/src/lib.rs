@@ -20,6 +20,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod capture;
 pub mod config;
 pub mod health;
 pub mod instance;
@@ -56,6 +57,8 @@ pub enum Error {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("proxy.uid {uid}: {reason}")]
     ProxyUid { uid: u32, reason: String },
+    #[error("capture: {0}")]
+    Capture(String),
     #[error("{0}")]
     Other(String),
 }
@@ -109,6 +112,9 @@ impl Agent {
         }
         let status = Shared::new(initial_status(&config, &children));
         let api = Api::new(config.control.api.clone());
+        if config.capture.enabled {
+            install_capture(&config, &status).await?;
+        }
 
         let (stop_status, status_rx) = watch::channel(false);
         let status_task = tokio::spawn(status::serve(listener, status.clone(), status_rx));
@@ -228,6 +234,9 @@ impl Agent {
         for t in self.children {
             let _ = t.await;
         }
+        if self.config.capture.enabled {
+            uninstall_capture(&self.status).await;
+        }
         let _ = self.stop_status.send(true);
         let _ = self.status_task.await;
         tracing::info!("agent stopped");
@@ -237,6 +246,41 @@ impl Agent {
 /// Resolves once `stop` says true (or its sender is gone).
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Installs the capture rules (before the children start, as Istio's init container does); on
+/// failure weft-capture has changed nothing and the agent does not start.
+async fn install_capture(config: &AgentConfig, status: &Shared) -> Result<(), Error> {
+    let plan = capture::plan(config).map_err(Error::Capture)?;
+    let installed = tokio::task::spawn_blocking(move || weft_capture::install(&plan))
+        .await
+        .map_err(|e| Error::Capture(format!("install task: {e}")))?
+        .map_err(|e| Error::Capture(e.to_string()))?;
+    for w in &installed.warnings {
+        tracing::warn!(warning = %w, "capture installed with a warning");
+    }
+    let mut detail = vec![format!("{} rules{}", installed.mode, if installed.ipv6 { " (IPv4 and IPv6)" } else { "" })];
+    detail.extend(installed.routes.iter().map(|r| format!("local route {r}")));
+    tracing::info!(mode = %installed.mode, replaced = installed.replaced, "capture installed");
+    status.update(|s| {
+        s.capture.installed = true;
+        s.capture.detail = detail;
+    });
+    Ok(())
+}
+
+async fn uninstall_capture(status: &Shared) {
+    match tokio::task::spawn_blocking(weft_capture::uninstall).await {
+        Ok(Ok(removed)) => {
+            tracing::info!(empty = removed.is_empty(), "capture removed");
+            status.update(|s| s.capture.installed = false);
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "capture could not be removed completely");
+            status.update(|s| s.capture.error = Some(e.to_string()));
+        }
+        Err(e) => tracing::error!(error = %e, "capture removal task failed"),
+    }
 }
 
 /// Awaits all futures concurrently (they are few: one per instance).

@@ -222,6 +222,161 @@ fn answer(status: &Shared, method: &Method, path: &str) -> Response<Full<Bytes>>
     r
 }
 
+/// Reads the status document of the agent at `addr` (`HOST:PORT`).
+pub async fn fetch(addr: &str) -> Result<AgentStatus, crate::Error> {
+    use http_body_util::{BodyExt, Empty, Limited};
+    let err = |m: String| crate::Error::Other(format!("agent status at {addr}: {m}"));
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| err(format!("connect: {e}")))?;
+        let (mut tx, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| err(e.to_string()))?;
+        let conn = tokio::spawn(conn);
+        let req = http::Request::builder()
+            .uri("/status")
+            .header(http::header::HOST, addr)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| err(e.to_string()))?;
+        let resp = tx.send_request(req).await.map_err(|e| err(e.to_string()))?;
+        let code = resp.status();
+        let body = Limited::new(resp.into_body(), 4 << 20).collect().await.map_err(|e| err(e.to_string()))?.to_bytes();
+        conn.abort();
+        if !code.is_success() {
+            return Err(err(format!("status {code}")));
+        }
+        serde_json::from_slice::<AgentStatus>(&body).map_err(|e| err(format!("not a status document: {e}")))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange).await.map_err(|_| err("no answer within 10s".into()))?
+}
+
+/// `5s`, `3m12s`, `2h5m`: a readable span.
+fn span(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r.get(c).map(|s| s.chars().count()).unwrap_or(0)).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The document as `weft agent status` prints it.
+pub fn render(s: &AgentStatus) -> String {
+    let now = s.now_unix_ms;
+    let ago = |t: Option<u64>| t.map(|t| format!("{} ago", span(now.saturating_sub(t)))).unwrap_or_else(|| "-".into());
+    let mut out = format!(
+        "host {} ({}), tenant {}, control plane {}, heartbeat {}, lease {}\n\n",
+        s.host,
+        s.address,
+        s.tenant,
+        s.control_api,
+        span(s.heartbeat_ms),
+        span(s.lease_ttl_ms)
+    );
+    let mut rows = vec![["SERVICE", "INSTANCE", "PORTS", "REGISTRATION", "REVISION", "LEASE", "RENEWED", "LAST ERROR"]
+        .map(String::from)
+        .to_vec()];
+    for svc in &s.services {
+        let r = &svc.registration;
+        let lease = match r.lease_expires_unix_ms {
+            Some(t) if t > now => format!("expires in {}", span(t - now)),
+            Some(_) => "expired".into(),
+            None => "-".into(),
+        };
+        rows.push(vec![
+            format!("{}.{}", svc.name, svc.namespace),
+            svc.instance.clone(),
+            if svc.ports.is_empty() { "-".into() } else { svc.ports.join(",") },
+            r.state.clone(),
+            if r.revision == 0 { "-".into() } else { r.revision.to_string() },
+            lease,
+            ago(r.last_renewal_unix_ms),
+            match &r.last_error {
+                Some(e) => format!("{e} ({} failures)", r.consecutive_failures),
+                None => "-".into(),
+            },
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out.push('\n');
+    let mut rows = vec![["INSTANCE", "HEALTH", "CHECK", "LAST CHECK", "RESULT", "IN A ROW"].map(String::from).to_vec()];
+    for svc in &s.services {
+        let h = &svc.health;
+        rows.push(vec![
+            svc.instance.clone(),
+            match h.healthy {
+                Some(true) => "healthy".into(),
+                Some(false) => "UNHEALTHY".into(),
+                None => "unknown".into(),
+            },
+            h.check.clone(),
+            ago(h.last_check_unix_ms),
+            h.last_result.clone().unwrap_or_else(|| "-".into()),
+            if h.consecutive_failures > 0 {
+                format!("{} failed", h.consecutive_failures)
+            } else {
+                format!("{} ok", h.consecutive_successes)
+            },
+        ]);
+    }
+    out.push_str(&table(&rows));
+    if !s.children.is_empty() {
+        out.push('\n');
+        let mut rows = vec![["CHILD", "PID", "STATE", "RESTARTS", "UPTIME", "LAST EXIT"].map(String::from).to_vec()];
+        for c in &s.children {
+            rows.push(vec![
+                c.name.clone(),
+                c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                if c.running { "running".into() } else { "DOWN".into() },
+                c.restarts.to_string(),
+                match (c.running, c.started_unix_ms) {
+                    (true, Some(t)) => span(now.saturating_sub(t)),
+                    _ => "-".into(),
+                },
+                c.last_exit.clone().or_else(|| c.last_error.clone()).unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
+    let cap = &s.capture;
+    out.push_str(&format!(
+        "\nproxy mode {}; capture {}{}\n",
+        cap.mode,
+        if !cap.enabled {
+            "off".to_string()
+        } else if cap.installed {
+            "installed".to_string()
+        } else {
+            "not installed".to_string()
+        },
+        if cap.detail.is_empty() { String::new() } else { format!(": {}", cap.detail.join(", ")) }
+    ));
+    if s.problems.is_empty() {
+        out.push_str("\nno problems\n");
+    } else {
+        out.push_str("\nproblems:\n");
+        for p in &s.problems {
+            out.push_str(&format!("  {p}\n"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +421,65 @@ mod tests {
         for (services, children, want) in cases {
             let s = AgentStatus { now_unix_ms: 1500, services, children, ..Default::default() };
             assert_eq!(s.compute_problems(), want);
+        }
+    }
+
+    #[test]
+    fn the_printed_status_shows_registration_health_children_and_problems() {
+        let mut s = AgentStatus {
+            now_unix_ms: 100_000,
+            host: "vm-1".into(),
+            address: "10.0.0.5".into(),
+            tenant: "default".into(),
+            control_api: "127.0.0.1:15014".into(),
+            heartbeat_ms: 10_000,
+            lease_ttl_ms: 30_000,
+            services: vec![ServiceStatus {
+                name: "reviews".into(),
+                namespace: "shop".into(),
+                instance: "reviews-vm-1".into(),
+                host: "reviews.shop.svc.cluster.local".into(),
+                ports: vec!["http:9080->8080".into()],
+                registration: RegistrationStatus {
+                    state: "registered".into(),
+                    revision: 42,
+                    lease_expires_unix_ms: Some(125_000),
+                    last_renewal_unix_ms: Some(95_000),
+                    healthy_registered: Some(false),
+                    ..Default::default()
+                },
+                health: HealthStatus {
+                    check: "http GET 10.0.0.5:8080/health".into(),
+                    healthy: Some(false),
+                    last_check_unix_ms: Some(99_000),
+                    last_result: Some("GET /health: status 503".into()),
+                    consecutive_failures: 4,
+                    ..Default::default()
+                },
+            }],
+            children: vec![ChildStatus {
+                name: "proxy".into(),
+                pid: Some(4242),
+                running: true,
+                restarts: 1,
+                started_unix_ms: Some(40_000),
+                last_exit: Some("killed by signal 9".into()),
+                ..Default::default()
+            }],
+            capture: CaptureStatus { mode: "bind".into(), ..Default::default() },
+            ..Default::default()
+        };
+        s.problems = s.compute_problems();
+        let text = render(&s);
+        for want in [
+            "host vm-1 (10.0.0.5), tenant default, control plane 127.0.0.1:15014, heartbeat 10s, lease 30s",
+            "reviews.shop  reviews-vm-1  http:9080->8080  registered    42        expires in 25s  5s ago   -",
+            "reviews-vm-1  UNHEALTHY  http GET 10.0.0.5:8080/health  1s ago      GET /health: status 503  4 failed",
+            "proxy  4242  running  1         1m0s    killed by signal 9",
+            "proxy mode bind; capture off",
+            "problems:\n  reviews-vm-1: unhealthy (GET /health: status 503)",
+        ] {
+            assert!(text.contains(want), "{want:?} not in\n{text}");
         }
     }
 }
