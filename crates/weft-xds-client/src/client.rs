@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,12 +12,13 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use rand::Rng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Streaming};
 use weft_config::ProxyConfig;
 
+use crate::cache;
 use crate::session::{Handled, Protocol, Request, Response, Session};
 use crate::status::Status;
 use crate::store::{Kind, Store};
@@ -45,6 +47,9 @@ pub struct Options {
     pub connect_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Persist each applied config in this directory and serve the persisted one at start
+    /// ([`crate::cache`]).
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Options {
@@ -58,6 +63,7 @@ impl Options {
             connect_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
+            cache_dir: None,
         }
     }
 }
@@ -135,6 +141,11 @@ struct Client<A> {
     waiting: HashMap<(Kind, String), Instant>,
     /// Fingerprint of the config last applied.
     applied: Option<String>,
+    /// The latest encoded config for the cache writer (`--xds-cache`).
+    cache_tx: Option<watch::Sender<Option<Arc<Vec<u8>>>>>,
+    /// A persisted config was applied at start: it is complete, so updates need not wait for
+    /// the server's first cluster and listener responses (it may have nothing new to send).
+    from_cache: bool,
 }
 
 /// Runs the client until the proxy stops. `apply` puts an assembled config in place (the same
@@ -153,7 +164,18 @@ where
         apply,
         waiting: HashMap::new(),
         applied: None,
+        cache_tx: None,
+        from_cache: false,
     };
+    if let Some(dir) = c.opts.cache_dir.clone() {
+        c.store.keep_raw();
+        if c.load_cache(&dir).await.is_err() {
+            return;
+        }
+        let (tx, rx) = watch::channel(None);
+        c.cache_tx = Some(tx);
+        tokio::spawn(write_cache(dir, rx, c.status.clone()));
+    }
     loop {
         let outcome = c.stream_once().await;
         c.status.set_connected(false);
@@ -367,7 +389,7 @@ where
         let now = Instant::now();
         let mut missing = self.store.missing();
         for kind in [Kind::Cluster, Kind::Listener] {
-            if !self.session.responded(kind) {
+            if !self.session.responded(kind) && !self.from_cache {
                 missing.push((kind, "*".to_string()));
             }
         }
@@ -382,6 +404,13 @@ where
         for (k, n) in self.waiting.keys() {
             tracing::warn!(r#type = k.short(), name = %n, "applying the config without a resource that did not arrive in time");
         }
+        self.apply_now().await
+    }
+
+    /// Applies the store's config unless it is the one running; a listener the proxy cannot
+    /// bind is taken back and the rest applied again. Returns the messages for those listeners,
+    /// or `Err` when the proxy stopped.
+    async fn apply_now(&mut self) -> Result<Vec<String>, ()> {
         let mut errors = Vec::new();
         // Each failure reverts one listener, so this ends.
         for _ in 0..=self.store.names(Kind::Listener).len() {
@@ -397,6 +426,7 @@ where
                     self.store.mark_applied();
                     self.status.applied(&version);
                     self.applied = Some(version);
+                    self.persist();
                     break;
                 }
                 Err(ApplyError::Stopped) => return Err(()),
@@ -419,6 +449,87 @@ where
             }
         }
         Ok(errors)
+    }
+}
+
+impl<A, F> Client<A>
+where
+    A: FnMut(Arc<ProxyConfig>) -> F,
+    F: Future<Output = Result<(), ApplyError>>,
+{
+    /// Loads the persisted config of `dir` into the store and applies it, before the control
+    /// plane is asked for anything. A missing, damaged or foreign cache is reported and left
+    /// alone; resources in it go through the same checks as the server's. `Err`: the proxy
+    /// stopped.
+    async fn load_cache(&mut self, dir: &std::path::Path) -> Result<(), ()> {
+        let node_id = self.opts.node.id.clone();
+        let d = dir.to_path_buf();
+        let read = tokio::task::spawn_blocking(move || cache::read(&d, &node_id)).await;
+        let items = match read {
+            Ok(Ok(Some(items))) => items,
+            Ok(Ok(None)) => {
+                tracing::info!(dir = %dir.display(), "no persisted xDS config yet");
+                return Ok(());
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "persisted xDS config ignored");
+                self.status.cache_error(&e.to_string());
+                return Ok(());
+            }
+            Err(e) => {
+                self.status.cache_error(&format!("reading the cache failed: {e}"));
+                return Ok(());
+            }
+        };
+        let mut loaded = 0;
+        for it in &items {
+            match self.store.put_any(it.kind, &it.name, &it.version, &it.body) {
+                Ok(_) => loaded += 1,
+                Err(e) => tracing::warn!(error = %e, "persisted xDS resource rejected"),
+            }
+        }
+        self.store.drop_unwanted();
+        self.status.cache_loaded(loaded);
+        self.status.record(&self.store);
+        if loaded == 0 {
+            return Ok(());
+        }
+        tracing::info!(dir = %dir.display(), resources = loaded, "serving the persisted xDS config until the control plane answers");
+        let errors = self.apply_now().await?;
+        if !errors.is_empty() {
+            self.status.rejected_late(Kind::Listener, errors.len());
+        }
+        self.from_cache = self.applied.is_some();
+        Ok(())
+    }
+
+    /// Hands the config just applied to the cache writer.
+    fn persist(&self) {
+        let Some(tx) = &self.cache_tx else { return };
+        let bytes = cache::encode(&self.opts.node.id, &self.store.raw_resources());
+        if bytes.len() > cache::MAX_BYTES {
+            tracing::warn!(bytes = bytes.len(), "xDS config too large to persist");
+            self.status.cache_write_failed("the config is larger than the cache limit");
+            return;
+        }
+        let _ = tx.send(Some(Arc::new(bytes)));
+    }
+}
+
+/// Writes each config the client hands over (the latest wins when writes fall behind) until the
+/// client stops.
+async fn write_cache(dir: PathBuf, mut rx: watch::Receiver<Option<Arc<Vec<u8>>>>, status: Arc<Status>) {
+    while rx.changed().await.is_ok() {
+        let Some(bytes) = rx.borrow_and_update().clone() else { continue };
+        let d = dir.clone();
+        match tokio::task::spawn_blocking(move || cache::write(&d, &bytes)).await {
+            Ok(Ok(())) => status.cache_written(),
+            Ok(Err(e)) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot persist the xDS config");
+                status.cache_write_failed(&e.to_string());
+            }
+            Err(e) => status.cache_write_failed(&e.to_string()),
+        }
     }
 }
 

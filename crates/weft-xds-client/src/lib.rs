@@ -6,8 +6,11 @@
 //! * [`session`]: the ADS conversation (delta or state of the world) as a pure state machine.
 //! * [`client`]: the stream itself: connect, ACK/NACK, apply, reconnect with backoff, resync.
 //! * [`status`]: what `/config_dump` and the metrics show.
+//! * [`cache`]: the persisted last config (`--xds-cache`), served at start until the server
+//!   answers.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod client;
 pub mod convert;
 pub mod session;

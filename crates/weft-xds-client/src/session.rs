@@ -363,14 +363,7 @@ impl Session {
 }
 
 fn put(store: &mut Store, kind: Kind, name: &str, version: &str, body: &Any, h: &mut Handled) {
-    let decoded = match Decoded::decode(kind, body) {
-        Ok(d) => d,
-        Err(e) => {
-            h.errors.push(format!("{} {name:?}: {e}", kind.short()));
-            return;
-        }
-    };
-    match store.put(kind, name, version, decoded) {
+    match store.put_any(kind, name, version, body) {
         Ok(r) => {
             if r.changed {
                 h.changed = true;

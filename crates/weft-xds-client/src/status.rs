@@ -27,6 +27,7 @@ struct Snapshot {
     rejected: Vec<Value>,
     applied_version: String,
     last_error: String,
+    cache_error: String,
 }
 
 /// Shared between the client task (writer) and the admin endpoints (readers). Locks are held
@@ -43,6 +44,9 @@ pub struct Status {
     rejects: [AtomicU64; 4],
     applies: AtomicU64,
     apply_failures: AtomicU64,
+    cache_loaded: AtomicU64,
+    cache_writes: AtomicU64,
+    cache_write_failures: AtomicU64,
     snapshot: Mutex<Snapshot>,
 }
 
@@ -59,6 +63,9 @@ impl Status {
             rejects: Default::default(),
             applies: AtomicU64::new(0),
             apply_failures: AtomicU64::new(0),
+            cache_loaded: AtomicU64::new(0),
+            cache_writes: AtomicU64::new(0),
+            cache_write_failures: AtomicU64::new(0),
             snapshot: Mutex::new(Snapshot::default()),
         }
     }
@@ -102,6 +109,24 @@ impl Status {
 
     pub(crate) fn apply_failed(&self) {
         self.apply_failures.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn cache_loaded(&self, n: usize) {
+        self.cache_loaded.store(n as u64, Relaxed);
+    }
+
+    pub(crate) fn cache_written(&self) {
+        self.cache_writes.fetch_add(1, Relaxed);
+        self.lock().cache_error.clear();
+    }
+
+    pub(crate) fn cache_write_failed(&self, e: &str) {
+        self.cache_write_failures.fetch_add(1, Relaxed);
+        self.cache_error(e);
+    }
+
+    pub(crate) fn cache_error(&self, e: &str) {
+        self.lock().cache_error = e.to_string();
     }
 
     pub(crate) fn error(&self, e: &str) {
@@ -150,6 +175,12 @@ impl Status {
             "last_error": s.last_error,
             "resources": resources,
             "rejected": s.rejected,
+            "cache": {
+                "loaded_resources": self.cache_loaded.load(Relaxed),
+                "writes": self.cache_writes.load(Relaxed),
+                "write_failures": self.cache_write_failures.load(Relaxed),
+                "error": s.cache_error,
+            },
         })
     }
 
@@ -183,6 +214,27 @@ impl Status {
                 counter: true,
                 labels: vec![],
                 value: self.apply_failures.load(Relaxed),
+            },
+            Metric {
+                name: "weft_xds_cache_loaded_resources",
+                help: "Resources of the persisted config accepted at start (--xds-cache)",
+                counter: false,
+                labels: vec![],
+                value: self.cache_loaded.load(Relaxed),
+            },
+            Metric {
+                name: "weft_xds_cache_writes_total",
+                help: "Applied configs persisted (--xds-cache)",
+                counter: true,
+                labels: vec![],
+                value: self.cache_writes.load(Relaxed),
+            },
+            Metric {
+                name: "weft_xds_cache_write_failures_total",
+                help: "Applied configs that could not be persisted (--xds-cache)",
+                counter: true,
+                labels: vec![],
+                value: self.cache_write_failures.load(Relaxed),
             },
         ];
         for kind in Kind::ALL {

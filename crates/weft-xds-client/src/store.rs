@@ -64,6 +64,8 @@ impl Kind {
 pub struct Entry<T> {
     pub version: String,
     pub value: T,
+    /// The resource as received, kept when the store persists its config (`--xds-cache`).
+    pub raw: Option<Arc<Any>>,
 }
 
 /// Why a resource is not serving at the version the server sent.
@@ -122,6 +124,8 @@ pub struct Store {
     rejected: BTreeMap<(Kind, String), Rejection>,
     /// Endpoints and routes the server said do not exist: not waited for.
     absent: BTreeSet<(Kind, String)>,
+    /// Keep each resource as received (for the persisted config).
+    keep_raw: bool,
 }
 
 /// What changed in the store.
@@ -133,6 +137,54 @@ pub struct PutResult {
 impl Store {
     pub fn new(base: Arc<ProxyConfig>) -> Store {
         Store { base, ..Store::default() }
+    }
+
+    /// Keeps every resource accepted from now on as received, for [`Store::raw_resources`].
+    pub fn keep_raw(&mut self) {
+        self.keep_raw = true;
+    }
+
+    /// Decodes and accepts (or rejects) one resource as received; the message of an error names
+    /// the type and resource.
+    pub fn put_any(&mut self, kind: Kind, name: &str, version: &str, body: &Any) -> Result<PutResult, String> {
+        let decoded = Decoded::decode(kind, body).map_err(|e| format!("{} {name:?}: {e}", kind.short()))?;
+        let r = self.put(kind, name, version, decoded)?;
+        if self.keep_raw && (r.changed || self.raw(kind, name).is_none()) {
+            let raw = Some(Arc::new(body.clone()));
+            match kind {
+                Kind::Cluster => self.clusters.get_mut(name).map(|e| e.raw = raw),
+                Kind::Endpoint => self.endpoints.get_mut(name).map(|e| e.raw = raw),
+                Kind::Listener => self.listeners.get_mut(name).map(|e| e.raw = raw),
+                Kind::Route => self.routes.get_mut(name).map(|e| e.raw = raw),
+            };
+        }
+        Ok(r)
+    }
+
+    fn raw(&self, kind: Kind, name: &str) -> Option<&Arc<Any>> {
+        match kind {
+            Kind::Cluster => self.clusters.get(name)?.raw.as_ref(),
+            Kind::Endpoint => self.endpoints.get(name)?.raw.as_ref(),
+            Kind::Listener => self.listeners.get(name)?.raw.as_ref(),
+            Kind::Route => self.routes.get(name)?.raw.as_ref(),
+        }
+    }
+
+    /// Every accepted resource kept as received: `(type, name, version, body)`, by type and name.
+    pub fn raw_resources(&self) -> Vec<(Kind, String, String, Arc<Any>)> {
+        fn collect<T>(kind: Kind, m: &BTreeMap<String, Entry<T>>, out: &mut Vec<(Kind, String, String, Arc<Any>)>) {
+            for (n, e) in m {
+                if let Some(raw) = &e.raw {
+                    out.push((kind, n.clone(), e.version.clone(), raw.clone()));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        collect(Kind::Cluster, &self.clusters, &mut out);
+        collect(Kind::Endpoint, &self.endpoints, &mut out);
+        collect(Kind::Listener, &self.listeners, &mut out);
+        collect(Kind::Route, &self.routes, &mut out);
+        out
     }
 
     /// Version of `name` as accepted, if it is.
@@ -210,11 +262,12 @@ impl Store {
                     return clash("cluster");
                 }
                 let spec = convert::cluster(&c).map_err(|e| e.to_string())?;
-                self.clusters.insert(name.to_string(), Entry { version: String::new(), value: spec });
+                self.clusters.insert(name.to_string(), Entry { version: String::new(), value: spec, raw: None });
             }
             Decoded::Endpoint(a) => {
                 let spec = convert::endpoints(&a).map_err(|e| e.to_string())?;
-                self.endpoints.insert(name.to_string(), Entry { version: String::new(), value: spec.localities });
+                self.endpoints
+                    .insert(name.to_string(), Entry { version: String::new(), value: spec.localities, raw: None });
             }
             Decoded::Listener(l) => {
                 if self.base.listeners.iter().any(|x| x.name == name) {
@@ -234,14 +287,14 @@ impl Store {
                         return Err(format!("Listener {name:?}: address: {addr} is used by listener {other:?}"));
                     }
                 }
-                self.listeners.insert(name.to_string(), Entry { version: String::new(), value: spec });
+                self.listeners.insert(name.to_string(), Entry { version: String::new(), value: spec, raw: None });
             }
             Decoded::Route(r) => {
                 if self.base.route_configs.contains_key(name) {
                     return clash("route configuration");
                 }
                 let rc = convert::route_configuration(&r).map_err(|e| e.to_string())?;
-                self.routes.insert(name.to_string(), Entry { version: String::new(), value: Arc::new(rc) });
+                self.routes.insert(name.to_string(), Entry { version: String::new(), value: Arc::new(rc), raw: None });
             }
         }
         Ok(())

@@ -671,3 +671,101 @@ fn server_addresses_are_checked() {
         assert!(server_uri(bad).is_err(), "{bad}");
     }
 }
+
+/// A client persisting its config in `dir`; the handle stops it.
+fn start_cached_client(
+    server: SocketAddr,
+    dir: &std::path::Path,
+) -> (Applied, Arc<Status>, tokio::task::JoinHandle<()>) {
+    let node = weft_xds_client::node(
+        "sidecar~127.0.0.1~test.default~default.svc.cluster.local",
+        None,
+        &BTreeMap::new(),
+        &[],
+        None,
+    )
+    .unwrap();
+    let mut opts = Options::new(&server.to_string(), node, Arc::new(ProxyConfig::default()));
+    opts.backoff_min = Duration::from_millis(50);
+    opts.backoff_max = Duration::from_millis(200);
+    opts.initial_fetch_timeout = Duration::from_secs(60);
+    opts.cache_dir = Some(dir.to_path_buf());
+    let status = Arc::new(Status::new(&server.to_string(), "test", Protocol::Delta));
+    let applied = Applied::default();
+    let sink = applied.clone();
+    let task = tokio::spawn(weft_xds_client::run(opts, status.clone(), move |cfg: Arc<ProxyConfig>| {
+        let sink = sink.clone();
+        async move {
+            sink.0.lock().unwrap().push(cfg);
+            Ok(())
+        }
+    }));
+    (applied, status, task)
+}
+
+fn metric(status: &Status, name: &str) -> u64 {
+    status.metrics().iter().find(|m| m.name == name).map(|m| m.value).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_persisted_config_serves_before_the_server_answers_and_the_client_resyncs_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ads = Ads::new();
+    publish(&ads, 8001);
+    let addr = ads.serve("127.0.0.1:0".parse().unwrap()).await;
+    let (applied, status, task) = start_cached_client(addr, dir.path());
+    eventually("first config", || applied.count() > 0).await;
+    eventually("config persisted", || metric(&status, "weft_xds_cache_writes_total") >= 1).await;
+    let served = applied.last().unwrap();
+    task.abort();
+    ads.shutdown();
+
+    // The control plane is away: a new client serves the persisted config at once.
+    let (applied, status, task) = start_cached_client(addr, dir.path());
+    eventually("cached config", || applied.count() > 0).await;
+    let cached = applied.last().unwrap();
+    assert_eq!(cached.listeners, served.listeners);
+    assert_eq!(cached.route_configs, served.route_configs);
+    assert_eq!(endpoint_port(&cached, "c1"), Some(8001));
+    assert_eq!(cached.version, served.version, "the same resources at the same versions");
+    assert!(status.ready() && !status.connected());
+    assert_eq!(metric(&status, "weft_xds_cache_loaded_resources"), 4);
+
+    // The server comes back with a change: the client resyncs from the versions it loaded.
+    let requests_before = ads.seen().len();
+    ads.set("c1", &assignment("c1", 8002));
+    ads.serve(addr).await;
+    eventually("resynced", || applied.last().and_then(|c| endpoint_port(&c, "c1")) == Some(8002)).await;
+    let cds = ads.seen().into_iter().skip(requests_before).find(|s| s.type_url == CLUSTER).unwrap();
+    assert!(cds.initial_versions.contains_key("c1"), "{cds:?}");
+    eventually("new config persisted", || metric(&status, "weft_xds_cache_writes_total") >= 1).await;
+    task.abort();
+    ads.shutdown();
+    let node = "sidecar~127.0.0.1~test.default~default.svc.cluster.local";
+    let on_disk = weft_xds_client::cache::read(dir.path(), node).unwrap().unwrap();
+    assert_eq!(on_disk.len(), 4);
+
+    // A damaged file is reported and ignored: nothing is applied until a server answers.
+    let file = weft_xds_client::cache::path_in(dir.path());
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    let (applied, status, task) = start_cached_client(addr, dir.path());
+    eventually("cache error reported", || !status.dump()["cache"]["error"].as_str().unwrap_or("").is_empty()).await;
+    let err = status.dump()["cache"]["error"].as_str().unwrap().to_string();
+    assert!(err.contains("not a weft xDS cache"), "{err}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(applied.count(), 0);
+    assert!(!status.ready());
+    task.abort();
+
+    // So is a cache another node wrote.
+    let other = weft_xds_client::cache::encode("sidecar~127.0.0.9~other.default~default.svc.cluster.local", &[]);
+    weft_xds_client::cache::write(dir.path(), &other).unwrap();
+    let (applied, status, task) = start_cached_client(addr, dir.path());
+    eventually("foreign cache reported", || !status.dump()["cache"]["error"].as_str().unwrap_or("").is_empty()).await;
+    assert!(status.dump()["cache"]["error"].as_str().unwrap().contains("written for node"));
+    assert_eq!(applied.count(), 0);
+    task.abort();
+}

@@ -121,6 +121,15 @@ struct ProxyArgs {
     /// Tenant of this workload (node metadata TENANT; default: `default`).
     #[arg(long, requires = "xds")]
     tenant: Option<String>,
+    /// Ask for an HTTP-proxy listener on 127.0.0.1:PORT (node metadata HTTP_PROXY_PORT, Istio's
+    /// proxyHttpPort, usually 15080): applications use `http_proxy=http://127.0.0.1:PORT`
+    /// instead of capture rules (docs/proxy.md, HTTP-proxy mode).
+    #[arg(long, value_name = "PORT", requires = "xds", value_parser = clap::value_parser!(u16).range(1..))]
+    http_proxy_port: Option<u16>,
+    /// Persist each config applied from the control plane in DIR and serve the persisted one at
+    /// start until the control plane answers (docs/proxy.md, xDS mode).
+    #[arg(long, value_name = "DIR", requires = "xds")]
+    xds_cache: Option<PathBuf>,
     /// Worker threads, each with its own event loop and connection pools.
     #[arg(long, default_value_t = 2)]
     concurrency: usize,

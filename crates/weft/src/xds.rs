@@ -26,8 +26,13 @@ pub fn setup(
             _ => return Err(format!("--labels: {kv:?} is not KEY=VALUE")),
         }
     }
-    let node = weft_xds_client::node(id, a.namespace.as_deref(), &labels, &a.instance_ips, a.tenant.as_deref())
+    let mut node = weft_xds_client::node(id, a.namespace.as_deref(), &labels, &a.instance_ips, a.tenant.as_deref())
         .map_err(|e| format!("--node-id: {e}"))?;
+    if let Some(port) = a.http_proxy_port {
+        use weft_xds::envoy_types::pb::google::protobuf::{value::Kind, Value};
+        let value = Value { kind: Some(Kind::StringValue(port.to_string())) };
+        node.metadata.get_or_insert_with(Default::default).fields.insert(weft_xds::HTTP_PROXY_PORT.to_string(), value);
+    }
     let info = weft_xds::NodeInfo::from_node(&node).map_err(|e| format!("--node-id: {e}"))?;
 
     // Source labels of the proxy's metrics: the flags win over the file.
@@ -50,6 +55,7 @@ pub fn setup(
     let protocol = if a.xds_protocol == "sotw" { Protocol::Sotw } else { Protocol::Delta };
     let mut opts = Options::new(server, node, boot.config.clone());
     opts.protocol = protocol;
+    opts.cache_dir = a.xds_cache.clone();
     let status = Arc::new(Status::new(server, id, protocol));
     let (dump_status, metrics_status) = (status.clone(), status.clone());
     let dynamic = weft_proxy::DynamicConfig {
