@@ -155,7 +155,53 @@ const BAD: &[(&str, &str, &str)] = &[
     ("wrong type", "listeners: 5", "bad.yaml: listeners: invalid type"),
     ("redirect code", "listeners: [{name: l, address: 127.0.0.1:1, http: {virtual_hosts: [{name: v, domains: ['*'], routes: [{redirect: {response_code: 200}}]}]}}]",
      "routes[0].redirect.response_code: 200 is not a redirect code"),
+    ("connect with a path", "clusters: [{name: c, endpoints: [127.0.0.1:1]}]\nlisteners: [{name: l, address: 127.0.0.1:1, http: {connect: true, virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {connect: true, prefix: /}, route: {cluster: c}}]}]}}]",
+     "routes[0].match.connect: a CONNECT request has no path"),
+    ("forward proxy with endpoints", "clusters: [{name: f, type: dynamic_forward_proxy, endpoints: [127.0.0.1:1]}]",
+     r#"cluster "f": endpoints: a dynamic_forward_proxy cluster takes its hosts from requests"#),
+    ("forward proxy max_hosts", "clusters: [{name: f, type: dynamic_forward_proxy, max_hosts: 0}]",
+     r#"cluster "f": max_hosts: must be between 1 and 65536"#),
+    ("max_hosts elsewhere", "clusters: [{name: c, endpoints: [127.0.0.1:1], max_hosts: 5}]",
+     r#"cluster "c": max_hosts: only dynamic_forward_proxy clusters take max_hosts"#),
 ];
+
+#[test]
+fn an_http_proxy_listener_loads() {
+    let yaml = r#"
+listeners:
+  - name: http_proxy
+    address: 127.0.0.1:15080
+    http:
+      connect: true
+      virtual_hosts:
+        - name: db
+          domains: ["db:5432"]
+          routes: [{ match: { connect: true }, route: { cluster: db } }]
+        - name: any
+          domains: ["*"]
+          routes:
+            - { route: { cluster: passthrough } }
+            - { match: { connect: true }, route: { cluster: passthrough } }
+clusters:
+  - { name: db, endpoints: [127.0.0.1:5432] }
+  - { name: passthrough, type: dynamic_forward_proxy, dns_refresh_rate: 30s, max_hosts: 100 }
+"#;
+    let b = parse_str(yaml, "proxy.yaml").unwrap();
+    let ChainAction::Http(h) = &b.config.listeners[0].filter_chains[0].action else { panic!("http") };
+    assert!(h.connect);
+    let RouteSource::Inline(rc) = &h.routes else { panic!("inline") };
+    assert!(rc.virtual_hosts[0].routes[0].matcher.connect);
+    let any: Vec<bool> = rc.virtual_hosts[1].routes.iter().map(|r| r.matcher.connect).collect();
+    assert_eq!(any, [false, true]);
+    assert_eq!(
+        b.config.clusters["passthrough"].discovery,
+        Discovery::DynamicForwardProxy { refresh: Duration::from_secs(30), max_hosts: 100 }
+    );
+    // CONNECT stays off unless asked for.
+    let plain = parse_str(GOOD, "good.yaml").unwrap();
+    let ChainAction::Http(h) = &plain.config.listeners[0].filter_chains[0].action else { panic!("http") };
+    assert!(!h.connect);
+}
 
 #[test]
 fn bad_configs_are_rejected_naming_resource_and_field() {
