@@ -46,10 +46,34 @@ async fn start_tcp_echo() -> SocketAddr {
     addr
 }
 
+/// A TCP server that answers `echo:<line>` to the first line and closes.
+async fn start_line_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut line = b"echo:".to_vec();
+                let mut b = [0u8; 1];
+                while let Ok(1) = s.read(&mut b).await {
+                    line.push(b[0]);
+                    if b[0] == b'\n' {
+                        break;
+                    }
+                }
+                let _ = s.write_all(&line).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
 async fn setup() -> Setup {
     let reviews = HttpBackend::start("reviews").await;
     let outside = HttpBackend::start("outside").await;
     let echo = start_tcp_echo().await;
+    let lines = start_line_echo().await;
     let builder = WeftProcess::builder(WEFT);
     let log = builder.dir().join("access.log");
     let yaml = format!(
@@ -71,6 +95,9 @@ listeners:
         - name: db
           domains: ["db:5432"]
           routes: [{{ name: tunnel, match: {{ connect: true }}, route: {{ cluster: db }} }}]
+        - name: lines
+          domains: ["lines:7000"]
+          routes: [{{ name: tunnel, match: {{ connect: true }}, route: {{ cluster: lines }} }}]
         - name: allow_any
           domains: ["*"]
           routes:
@@ -90,11 +117,13 @@ listeners:
 clusters:
   - {{ name: reviews, endpoints: [{reviews}] }}
   - {{ name: db, endpoints: [{echo}] }}
+  - {{ name: lines, endpoints: [{lines}] }}
   - {{ name: passthrough, type: dynamic_forward_proxy, connect_timeout: 2s }}
 "#,
         log = log.display().to_string(),
         reviews = q(reviews.addr()),
         echo = q(echo),
+        lines = q(lines),
     );
     let cfg = builder.write_file(CONFIG_NAME, yaml);
     let weft = builder.arg("proxy").arg("--config").arg(&cfg).start().await;
@@ -158,6 +187,16 @@ async fn connect_tunnels_reach_mesh_services_and_the_tunnel_is_logged_when_it_en
     assert_eq!(req.path, "/tunnelled");
     assert!(req.header("x-request-id").is_none(), "bytes in a tunnel are not touched by the proxy");
 
+    // curl -p to a TCP service: curl tunnels its standard input.
+    let mut cmd = curl();
+    cmd.args(["-p", "-x", &proxy_url(&s, "http_proxy"), "telnet://lines:7000"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::write(&input, "select 2\n").unwrap();
+    cmd.stdin(std::fs::File::open(&input).unwrap());
+    let out = run_with_stdin(cmd).await;
+    assert!(out.starts_with("echo:select 2\n"), "{out:?}");
+
     // A TCP service: bytes both ways, the client's half-close passed on.
     let mut c = TcpStream::connect(s.weft.listener("http_proxy")).await.unwrap();
     c.write_all(b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n").await.unwrap();
@@ -193,6 +232,19 @@ async fn connect_tunnels_reach_mesh_services_and_the_tunnel_is_logged_when_it_en
         prom_sum(&metrics, "istio_requests_total", &[("response_code", "200")]) >= 2.0,
         "tunnels count as requests: {metrics}"
     );
+}
+
+/// Runs curl with the stdin it was given (the common helpers feed /dev/null); the output with
+/// the `-w` status line removed.
+async fn run_with_stdin(mut cmd: Command) -> String {
+    let out = tokio::task::spawn_blocking(move || {
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().expect("curl starts");
+        child.wait_with_output().expect("curl runs")
+    });
+    let out = tokio::time::timeout(Duration::from_secs(30), out).await.expect("curl finished in time").unwrap();
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 async fn read_head(c: &mut TcpStream) -> String {
