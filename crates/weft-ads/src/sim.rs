@@ -55,6 +55,8 @@ impl SimConfig {
 #[derive(Clone, Debug, Default)]
 pub struct SimState {
     pub responses: u64,
+    /// Encoded size of every response received.
+    pub bytes: u64,
     pub last_ack_at: Option<Instant>,
     /// By type URL.
     pub types: BTreeMap<String, SimType>,
@@ -135,6 +137,23 @@ impl SimClient {
     }
 
     /// Waits until `pred` holds for the client's state (checked after every ACK).
+    /// Like [`SimClient::wait_until`], but returns only the time of the last ACK (no copy of
+    /// the state, which matters with thousands of clients holding thousands of names each).
+    /// `None` on timeout or when the stream closed first.
+    pub async fn wait_ack_time(&self, timeout: Duration, pred: impl Fn(&SimState) -> bool) -> Option<Option<Instant>> {
+        let mut rx = self.state.clone();
+        let waited = tokio::time::timeout(timeout, async {
+            rx.wait_for(|s| pred(s) || s.closed.is_some()).await.ok().map(|s| pred(&s).then_some(s.last_ack_at))
+        })
+        .await;
+        waited.ok().flatten().flatten()
+    }
+
+    /// Reads the state without copying it.
+    pub fn inspect<T>(&self, f: impl FnOnce(&SimState) -> T) -> T {
+        f(&self.state.borrow())
+    }
+
     pub async fn wait_until(
         &self,
         timeout: Duration,
@@ -184,12 +203,12 @@ pub async fn push_latency(
     let mut waits: FuturesUnordered<_> = clients
         .iter()
         .enumerate()
-        .map(|(i, c)| async move { c.wait_until(timeout, "pushed state", |s| done(i, s)).await })
+        .map(|(i, c)| async move { c.wait_ack_time(timeout, |s| done(i, s)).await })
         .collect();
     let mut latencies = Vec::with_capacity(clients.len());
     while let Some(r) = waits.next().await {
-        if let Ok(state) = r {
-            latencies.push(state.last_ack_at.map_or(Duration::ZERO, |t| t.saturating_duration_since(start)));
+        if let Some(at) = r {
+            latencies.push(at.map_or(Duration::ZERO, |t| t.saturating_duration_since(start)));
         }
     }
     latencies.sort();
@@ -284,8 +303,10 @@ async fn sotw(
                 break "could not queue an ACK".to_string();
             }
             let now = Instant::now();
+            let size = resp.encoded_len() as u64;
             state.send_modify(|s| {
                 s.responses += 1;
+                s.bytes += size;
                 s.last_ack_at = Some(now);
                 let t = s.types.entry(resp.type_url.clone()).or_default();
                 t.version = resp.version_info.clone();
@@ -336,8 +357,10 @@ async fn delta(
                 break "could not queue an ACK".to_string();
             }
             let now = Instant::now();
+            let size = resp.encoded_len() as u64;
             state.send_modify(|s| {
                 s.responses += 1;
+                s.bytes += size;
                 s.last_ack_at = Some(now);
                 let t = s.types.entry(resp.type_url.clone()).or_default();
                 t.version = resp.system_version_info.clone();
