@@ -571,11 +571,18 @@ fn proxy_spec(config: &AgentConfig, weft: &Path, uid: Option<u32>) -> Result<Chi
         config.proxy.concurrency.to_string(),
         "--ready-file".into(),
         ready.display().to_string(),
+        // The last applied config, served after a restart until the control plane answers.
+        "--xds-cache".into(),
+        dir.join("xds-cache").display().to_string(),
     ];
     let labels = proxy_labels(config);
     if !labels.is_empty() {
         args.push("--labels".into());
         args.push(labels.join(","));
+    }
+    if config.proxy.mode == ProxyMode::HttpProxy {
+        args.push("--http-proxy-port".into());
+        args.push(config.proxy.http_proxy_port.to_string());
     }
     Ok(ChildSpec { name: "proxy".into(), program: weft.to_path_buf(), args, uid })
 }

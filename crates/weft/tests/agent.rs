@@ -99,6 +99,17 @@ impl Net {
 }
 
 fn agent_file(api: SocketAddr, xds: SocketAddr, net: &Net, backend_port: u16, state: &Path) -> String {
+    agent_file_with(api, xds, net, backend_port, state, r#"{ mode: bind, admin: "127.0.0.1:0", concurrency: 1 }"#)
+}
+
+fn agent_file_with(
+    api: SocketAddr,
+    xds: SocketAddr,
+    net: &Net,
+    backend_port: u16,
+    state: &Path,
+    proxy: &str,
+) -> String {
     format!(
         r#"
 control: {{ api: "{api}", xds: "{xds}" }}
@@ -110,7 +121,7 @@ services:
     healthCheck: {{ http: {{ port: {backend_port}, path: /health }}, interval: 200ms, timeout: 200ms, unhealthyThreshold: 2 }}
 leaseTtl: 3s
 heartbeat: 500ms
-proxy: {{ mode: bind, admin: "127.0.0.1:0", concurrency: 1 }}
+proxy: {proxy}
 status: {{ listen: "127.0.0.1:0" }}
 stateDir: "{state}"
 "#,
@@ -426,4 +437,76 @@ async fn a_killed_proxy_is_restarted() {
     assert_eq!(s["children"][0]["last_exit"], "killed by signal 9");
     wait_reviews(&net.bind, "served by the new proxy", served_by_backend, &agent).await;
     assert!(agent.stderr_text().contains("exited; restarting"), "{}", agent.output_report());
+}
+
+#[tokio::test]
+async fn a_proxy_restarted_while_the_control_plane_is_down_serves_its_last_config() {
+    let net = Net::new(67);
+    let dir = tempfile::tempdir().unwrap();
+    let mut control = start_control(&dir.path().join("cp"), "127.0.0.1:0", "127.0.0.1:0").await;
+    let (api, xds) = (control.listener("api"), control.listener("xds"));
+    apply_sidecar(api, &net.bind).await;
+    let port = free_port(&net.host);
+    let _backend = Backend::start(format!("{}:{port}", net.host).parse().unwrap()).await;
+    let agent = start_agent(&agent_file(api, xds, &net, port, &dir.path().join("state"))).await;
+    proxy_ready(&agent).await;
+    wait_reviews(&net.bind, "served", served_by_backend, &agent).await;
+    let pid = agent_status(&agent).await["children"][0]["pid"].as_u64().expect("proxy pid");
+
+    control.kill();
+    wait_status(&agent, "renewals failing", |s| {
+        s["services"][0]["registration"]["consecutive_failures"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    let rc = Command::new("kill").args(["-KILL", &pid.to_string()]).status().expect("kill");
+    assert!(rc.success());
+    wait_status(&agent, "proxy restarted", |s| {
+        s["children"][0]["restarts"] == 1 && s["children"][0]["running"] == true
+    })
+    .await;
+    // No control plane: the new proxy serves what it last applied (its --xds-cache).
+    wait_reviews(&net.bind, "served from the persisted config", served_by_backend, &agent).await;
+}
+
+#[tokio::test]
+async fn in_http_proxy_mode_applications_reach_the_service_through_the_proxy_port() {
+    let net = Net::new(68);
+    let dir = tempfile::tempdir().unwrap();
+    let control = start_control(&dir.path().join("cp"), "127.0.0.1:0", "127.0.0.1:0").await;
+    let (api, xds) = (control.listener("api"), control.listener("xds"));
+    apply_sidecar(api, &net.bind).await;
+    let port = free_port(&net.host);
+    let _backend = Backend::start(format!("{}:{port}", net.host).parse().unwrap()).await;
+    let proxy_port = free_port("127.0.0.1");
+    let proxy = format!(r#"{{ mode: http-proxy, httpProxyPort: {proxy_port}, admin: "127.0.0.1:0", concurrency: 1 }}"#);
+    let yaml = agent_file_with(api, xds, &net, port, &dir.path().join("state"), &proxy);
+    let agent = start_agent(&yaml).await;
+    proxy_ready(&agent).await;
+    let s = agent_status(&agent).await;
+    assert_eq!(s["capture"]["mode"], "http-proxy");
+    let env = s["capture"]["detail"].to_string();
+    assert!(env.contains(&format!("HTTP_PROXY=http://127.0.0.1:{proxy_port}")), "{env}");
+
+    let curl = || {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "-x"])
+            .arg(format!("http://127.0.0.1:{proxy_port}"))
+            .arg(format!("http://{HOST}:9080/"));
+        cmd
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let out = run_blocking(curl(), WAIT).await;
+        if out.stdout.trim() == "200" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "curl -x through the HTTP-proxy port: {} {}\n{}",
+            out.stdout,
+            out.stderr,
+            agent.output_report()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
