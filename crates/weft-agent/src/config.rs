@@ -821,7 +821,8 @@ impl Validator {
             Probe::Command(argv)
         };
         let interval = self.duration(&format!("{f}.interval"), raw.interval.as_deref(), DEFAULT_CHECK_INTERVAL);
-        let timeout = self.duration(&format!("{f}.timeout"), raw.timeout.as_deref(), DEFAULT_CHECK_TIMEOUT);
+        let timeout =
+            self.duration(&format!("{f}.timeout"), raw.timeout.as_deref(), DEFAULT_CHECK_TIMEOUT.min(interval));
         if timeout > interval {
             self.err(
                 format!("{f}.timeout"),
