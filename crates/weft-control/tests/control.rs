@@ -208,7 +208,12 @@ async fn instances_declaring_a_service_get_a_vip_until_the_last_one_goes() {
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
     let vip_of = |plane: &weft_control::Plane| {
-        plane.store().vips().unwrap().get(&("default".to_string(), "ratings.shop.svc.cluster.local".to_string())).copied()
+        plane
+            .store()
+            .vips()
+            .unwrap()
+            .get(&("default".to_string(), "ratings.shop.svc.cluster.local".to_string()))
+            .copied()
     };
     let allocated = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -238,10 +243,48 @@ async fn instances_declaring_a_service_get_a_vip_until_the_last_one_goes() {
     let (status, _) = call(control.api_addr, http::Method::DELETE, "/v1/instances/shop/ratings-vm-2", None).await;
     assert_eq!(status, 200);
     client
-        .wait_until(Duration::from_secs(10), "the cluster is removed", |s| !s.names(type_url::CLUSTER).contains(&cluster))
+        .wait_until(Duration::from_secs(10), "the cluster is removed", |s| {
+            !s.names(type_url::CLUSTER).contains(&cluster)
+        })
         .await
         .unwrap();
     assert_eq!(vip_of(&control.plane), None, "the VIP is released with the last instance");
     assert_eq!(control.plane.view().services, 0);
+    control.stop().await;
+}
+
+/// Two instances declaring one host with different ports: `weft check` (GET /v1/check) shows
+/// the translation warning naming the second.
+#[tokio::test]
+async fn conflicting_port_declarations_show_in_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = Control::start(opts(dir.path())).await.unwrap();
+    for (name, ip, protocol) in [("ratings-vm-1", "127.0.0.41", "HTTP"), ("ratings-vm-2", "127.0.0.42", "TCP")] {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "instance": {
+                "address": ip,
+                "service": {"host": "ratings", "ports": [{"name": "api", "number": 9080, "protocol": protocol}]},
+            },
+            "ttl_seconds": 30,
+        }))
+        .unwrap();
+        let (status, answer) =
+            call(control.api_addr, http::Method::PUT, &format!("/v1/instances/shop/{name}"), Some(body)).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    }
+    let want = "Instance shop/ratings-vm-2: declares port api 9080 (TCP) for host ratings.shop.svc.cluster.local, but Instance shop/ratings-vm-1 declared api 9080 (HTTP) first; the first declaration applies";
+    let warnings = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (_, body) = call(control.api_addr, http::Method::GET, "/v1/check", None).await;
+            let c: CheckResponse = serde_json::from_slice(&body).unwrap();
+            if c.mesh_revision == c.store_revision && c.services == 1 {
+                return c.warnings;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the mesh is rebuilt");
+    assert_eq!(warnings, [want]);
     control.stop().await;
 }
