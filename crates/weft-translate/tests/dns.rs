@@ -235,3 +235,56 @@ fn equal_tables_have_equal_versions() {
     assert_eq!(a.name_table(&node("shop", "default")).version, b.name_table(&node("shop", "default")).version);
     assert_ne!(a.name_table(&node("shop", "default")).version, a.name_table(&node("other", "default")).version);
 }
+
+/// What a name table costs beside a proxy's full resources, for docs/performance.md:
+/// `cargo test --release -p weft-translate --test dns -- --ignored --nocapture measure`.
+/// Prints figures; asserts nothing about time.
+#[test]
+#[ignore]
+fn measure_name_table_cost() {
+    use std::time::Instant;
+    let services = 2000;
+    let mut yaml = String::new();
+    for i in 0..services {
+        let ns = format!("ns{}", i % 20);
+        yaml.push_str(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: s{i}, namespace: {ns}}}\n\
+             spec:\n  hosts: [s{i}]\n  addresses: [10.{}.{}.{}]\n  resolution: STATIC\n  ports: [{{number: 80, name: http}}]\n  \
+             endpoints: [{{address: 10.200.{}.{}}}]\n---\n",
+            i / 65536,
+            (i / 256) % 256,
+            i % 256,
+            (i / 256) % 256,
+            i % 256
+        ));
+    }
+    let resources = weft_istio::parse_yaml("bench.yaml", &yaml).unwrap();
+    let input = Input {
+        resources: resources.into_iter().map(Arc::new).collect(),
+        options: Options::default(),
+        ..Default::default()
+    };
+    let fresh = || Mesh::build(input.clone()).0;
+    let n = node("ns0", "default");
+    let time = |f: &dyn Fn()| {
+        let t = Instant::now();
+        f();
+        t.elapsed()
+    };
+    let mesh = fresh();
+    let full = time(&|| {
+        mesh.generate_for(&n, &[type_url::CLUSTER, type_url::ENDPOINT, type_url::LISTENER, type_url::ROUTE]);
+    });
+    let mesh = fresh();
+    let table = time(&|| {
+        mesh.generate_for(&n, &[type_url::NAME_TABLE]);
+    });
+    let cached = time(&|| {
+        mesh.generate_for(&n, &[type_url::NAME_TABLE]);
+    });
+    let size = mesh.name_table(&n).body.value.len();
+    println!(
+        "{services} services: full proxy resources {full:?}; name table first {table:?}, cached {cached:?}; \
+         table {size} bytes"
+    );
+}

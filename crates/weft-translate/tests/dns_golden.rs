@@ -5,6 +5,7 @@
 //! Directives in comments, as in tests/golden.rs:
 //!   # golden: node ID [ns=NS] [tenant=T]
 //!   # golden: vip TENANT HOST IP
+//!   # golden: instance {JSON of a registry instance}
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,11 @@ fn run_case(path: &Path) -> String {
             "vip" => {
                 let f: Vec<&str> = rest.split_whitespace().collect();
                 input.vips.insert((f[0].to_string(), f[1].to_string()), f[2].parse().expect("vip"));
+            }
+            "instance" => {
+                let v: serde_json::Value = serde_json::from_str(rest).expect("instance JSON");
+                let i = weft_istio::registry::Instance::from_json(&file, v).unwrap_or_else(|e| panic!("{e}"));
+                input.instances.push(i);
             }
             other => panic!("unknown directive {other}"),
         }
