@@ -58,7 +58,7 @@ impl Forwarder {
                 .map_err(|_| fail(format!("no answer within {:?}", self.timeout)))?
                 .map_err(|e| fail(format!("udp: {e}")))?;
             // Anything that is not the answer to this question is ignored (late or forged).
-            if let Ok(m) = Message::from_vec(&buf[..n]) {
+            if let Ok(m) = wire::decode(&buf[..n]) {
                 if wire::answers(&m, id, q) {
                     return Ok(m);
                 }
@@ -81,7 +81,7 @@ impl Forwarder {
             s.read_exact(&mut len).await.map_err(|e| fail(format!("tcp read: {e}")))?;
             let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
             s.read_exact(&mut body).await.map_err(|e| fail(format!("tcp read: {e}")))?;
-            let m = Message::from_vec(&body).map_err(|e| fail(format!("tcp answer unreadable: {e}")))?;
+            let m = wire::decode(&body).map_err(|e| fail(format!("tcp answer unreadable: {e}")))?;
             if !wire::answers(&m, id, q) {
                 return Err(fail("tcp answer does not match the question".into()));
             }

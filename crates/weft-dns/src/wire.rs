@@ -16,6 +16,7 @@ pub const EDNS_PAYLOAD: u16 = 1232;
 pub const CLASSIC_UDP: usize = 512;
 
 const OPT: u16 = 41;
+const TSIG: u16 = 250;
 
 /// One question from a client.
 #[derive(Clone, Debug)]
@@ -55,9 +56,25 @@ pub enum Parsed {
     Drop,
 }
 
+/// Reads a DNS message from untrusted bytes. The framing is walked first, and messages with a
+/// TSIG record (which `weft dns` does not use, and whose decoder can fail on overflow) are
+/// refused before hickory-proto sees them; a panic inside the decoder is caught and counts as
+/// an unreadable message, so no input takes the server down.
+pub fn decode(bytes: &[u8]) -> Result<Message, String> {
+    let records = walk(bytes).ok_or("message cut short")?;
+    if records.types.contains(&TSIG) {
+        return Err("TSIG records are not supported".into());
+    }
+    match std::panic::catch_unwind(|| Message::from_vec(bytes)) {
+        Ok(Ok(m)) => Ok(m),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("decoder failed".into()),
+    }
+}
+
 /// Reads a client packet.
 pub fn parse_query(packet: &[u8]) -> Parsed {
-    let msg = match Message::from_vec(packet) {
+    let msg = match decode(packet) {
         Ok(m) => m,
         Err(_) => return header_error(packet, ResponseCode::FormErr),
     };
@@ -353,9 +370,14 @@ fn plain_name_end(b: &[u8], mut at: usize) -> Option<usize> {
     None
 }
 
-/// Walks a message: the end of the question section and the offsets of every record's TTL
-/// (not the OPT record's, whose TTL field holds flags). `None` when the message is cut short.
-pub fn ttl_offsets(b: &[u8]) -> Option<(usize, Vec<usize>)> {
+/// A message's framing: where the question section ends, and every record's type and TTL offset.
+struct Walked {
+    question_end: usize,
+    types: Vec<u16>,
+    ttl_offsets: Vec<usize>,
+}
+
+fn walk(b: &[u8]) -> Option<Walked> {
     if b.len() < 12 {
         return None;
     }
@@ -364,26 +386,33 @@ pub fn ttl_offsets(b: &[u8]) -> Option<(usize, Vec<usize>)> {
     let mut at = 12;
     for _ in 0..qd {
         at = skip_name(b, at)? + 4;
-    }
-    if at > b.len() {
-        return None;
+        if at > b.len() {
+            return None;
+        }
     }
     let question_end = at;
-    let mut offsets = Vec::with_capacity(records);
+    let mut w = Walked { question_end, types: Vec::new(), ttl_offsets: Vec::new() };
     for _ in 0..records {
         at = skip_name(b, at)?;
         let fixed = b.get(at..at + 10)?;
         let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
         let rdlen = u16::from_be_bytes([fixed[8], fixed[9]]) as usize;
-        if rtype != OPT {
-            offsets.push(at + 4);
-        }
+        w.types.push(rtype);
+        w.ttl_offsets.push(at + 4);
         at += 10 + rdlen;
         if at > b.len() {
             return None;
         }
     }
-    Some((question_end, offsets))
+    Some(w)
+}
+
+/// Walks a message: the end of the question section and the offsets of every record's TTL
+/// (not the OPT record's, whose TTL field holds flags). `None` when the message is cut short.
+pub fn ttl_offsets(b: &[u8]) -> Option<(usize, Vec<usize>)> {
+    let w = walk(b)?;
+    let offsets = w.types.iter().zip(&w.ttl_offsets).filter(|(t, _)| **t != OPT).map(|(_, o)| *o).collect();
+    Some((w.question_end, offsets))
 }
 
 #[cfg(test)]
@@ -516,6 +545,18 @@ mod tests {
         assert!(m.metadata.truncation);
         assert_eq!((m.queries.len(), m.answers.len()), (1, 0));
         assert_eq!(fit_udp(full.clone(), 65_535), full);
+    }
+
+    #[test]
+    fn tsig_records_are_refused_before_decoding() {
+        let mut m = Message::from_vec(&query_packet("a.example.", RecordType::A, false)).unwrap();
+        m.metadata.id = 1;
+        let mut p = m.to_vec().unwrap();
+        // One additional record: root name, type TSIG, class ANY, TTL 0, empty rdata.
+        p[11] = 1;
+        p.extend_from_slice(&[0, 0, 250, 0, 255, 0, 0, 0, 0, 0, 0]);
+        assert!(decode(&p).unwrap_err().contains("TSIG"));
+        assert!(matches!(parse_query(&p), Parsed::Reply(_)), "FORMERR");
     }
 
     #[test]
