@@ -224,6 +224,18 @@ fn main() {
             })
             .await
             .expect("the probe proxy got every service");
+        // Then until the control plane is quiet (VIP allocation and rebuilds after a large apply
+        // go on for a while): no new response to the probe for 3 s.
+        let quiet_deadline = Instant::now() + Duration::from_secs(600);
+        let mut seen = probe.inspect(|s| s.responses);
+        loop {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let now = probe.inspect(|s| s.responses);
+            if now == seen || Instant::now() > quiet_deadline {
+                break;
+            }
+            seen = now;
+        }
         drop(probe);
 
         let t = Instant::now();
@@ -240,12 +252,18 @@ fn main() {
                 let (endpoint, cfg) = (endpoint.clone(), cfg.clone());
                 pending.push(async move {
                     let c = SimClient::connect(&endpoint, node, cfg).await.expect("connect");
-                    c.wait_ack_time(Duration::from_secs(900), |s| {
-                        s.types.len() == 4
-                            && s.types.get(type_url::ENDPOINT).is_some_and(|t| t.resources.len() >= visible)
-                    })
-                    .await
-                    .expect("full config");
+                    let full = c
+                        .wait_ack_time(Duration::from_secs(900), |s| {
+                            s.types.len() == 4
+                                && s.types.get(type_url::ENDPOINT).is_some_and(|t| t.resources.len() >= visible)
+                        })
+                        .await;
+                    if full.is_none() {
+                        let (closed, counts) = c.inspect(|s| {
+                            (s.closed.clone(), s.types.iter().map(|(t, v)| (t.clone(), v.resources.len())).collect::<Vec<_>>())
+                        });
+                        panic!("proxy {i}: no full config (want {visible} endpoints); closed: {closed:?}; held: {counts:?}");
+                    }
                     (i, c)
                 });
             }
@@ -259,6 +277,12 @@ fn main() {
         let clients: Vec<SimClient> = clients.into_iter().map(|(_, c)| c).collect();
         let bytes_per_proxy = clients.iter().map(|c| c.inspect(|s| s.bytes)).sum::<u64>() / clients.len().max(1) as u64;
         let (rss_synced, _, cpu_synced) = usage(control.child.id());
+        if std::env::var_os("WEFT_BENCH_DEBUG").is_some() {
+            let held = clients[0].inspect(|s| {
+                s.types.iter().map(|(t, v)| (type_url::short(t).to_string(), v.resources.len(), v.responses)).collect::<Vec<_>>()
+            });
+            eprintln!("proxy 0 holds (type, resources, responses): {held:?}");
+        }
 
         // Endpoint changes in svc-0.ns-0: an instance joins (registered through the API).
         let cluster = "outbound|8080||svc-0.ns-0.svc.cluster.local";
