@@ -472,7 +472,7 @@ async fn a_query_storm_malformed_packets_and_idle_tcp_do_not_take_it_down() {
     for i in 0..295u32 {
         let mut p = vec![0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
         p.extend_from_slice(&[63; 1]);
-        p.extend(std::iter::repeat((i % 251) as u8).take((i % 80) as usize));
+        p.extend(std::iter::repeat_n((i % 251) as u8, (i % 80) as usize));
         garbage.push(p);
     }
     for (i, g) in garbage.iter().enumerate() {
