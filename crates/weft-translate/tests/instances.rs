@@ -145,7 +145,9 @@ spec:
   workloadSelector: {labels: {app: details}}
 "#;
     let details = serde_json::json!([{"name": "http", "number": 8080}]);
-    let cases: Vec<(Vec<Instance>, Vec<(&str, &str)>)> = vec![
+    // (registered instances, expected warnings as (subject, message part))
+    type Case<'a> = (Vec<Instance>, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
         (vec![], vec![]),
         (
             vec![inst("reviews-vm-1", "10.3.0.1", "reviews", http_9080(), serde_json::json!({}))],
