@@ -184,7 +184,9 @@ impl Dns {
                 let zone = cfg.lookup.mesh_domains.iter().find(|d| {
                     entry.host == **d || entry.host.strip_suffix(d.as_str()).is_some_and(|s| s.ends_with('.'))
                 });
-                let answer = wire::mesh_answer(&q, &entry, alias, cfg.mesh_ttl, zone.map(String::as_str));
+                let fast = if alias { None } else { wire::mesh_answer_fast(&q, &entry, cfg.mesh_ttl) };
+                let answer = fast
+                    .unwrap_or_else(|| wire::mesh_answer(&q, &entry, alias, cfg.mesh_ttl, zone.map(String::as_str)));
                 if lookup::addresses(&entry, u16::from(q.qtype)).is_empty() && !alias {
                     bump(&m.mesh_nodata);
                 } else {

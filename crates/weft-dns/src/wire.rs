@@ -184,6 +184,50 @@ pub fn mesh_answer(q: &Query, entry: &Entry, alias: bool, ttl: u32, zone: Option
     encode(&m)
 }
 
+/// The common mesh answer written directly: addresses of the asked family at the name the
+/// client asked, after the client's own question (a pointer to it names each record). The same
+/// bytes `mesh_answer` would produce, without building a message; `None` when the question is
+/// not the plain case (an alias, NODATA, a compressed question, a class other than IN).
+pub fn mesh_answer_fast(q: &Query, entry: &Entry, ttl: u32) -> Option<Vec<u8>> {
+    let question = q.question.as_ref()?;
+    let (rtype, len): (u16, usize) = match q.qtype {
+        RecordType::A if !entry.v4.is_empty() => (1, entry.v4.len()),
+        RecordType::AAAA if !entry.v6.is_empty() => (28, entry.v6.len()),
+        _ => return None,
+    };
+    if q.qclass != DNSClass::IN {
+        return None;
+    }
+    let rdlen: u16 = if rtype == 1 { 4 } else { 16 };
+    let mut out = Vec::with_capacity(12 + question.len() + len * (12 + rdlen as usize) + 11);
+    out.extend_from_slice(&q.id.to_be_bytes());
+    out.push(0x84 | u8::from(q.rd)); // QR, AA, RD as asked
+    out.push(0x80); // RA, NOERROR
+    out.extend_from_slice(&[0, 1]);
+    out.extend_from_slice(&u16::try_from(len).ok()?.to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, u8::from(q.edns.is_some())]);
+    out.extend_from_slice(question);
+    let mut record = |data: &[u8]| {
+        out.extend_from_slice(&[0xc0, 0x0c]);
+        out.extend_from_slice(&rtype.to_be_bytes());
+        out.extend_from_slice(&[0, 1]);
+        out.extend_from_slice(&ttl.to_be_bytes());
+        out.extend_from_slice(&rdlen.to_be_bytes());
+        out.extend_from_slice(data);
+    };
+    if rtype == 1 {
+        entry.v4.iter().for_each(|a| record(&a.octets()));
+    } else {
+        entry.v6.iter().for_each(|a| record(&a.octets()));
+    }
+    if q.edns.is_some() {
+        out.extend_from_slice(&[0, 0, 41]);
+        out.extend_from_slice(&EDNS_PAYLOAD.to_be_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    }
+    Some(out)
+}
+
 /// NXDOMAIN for a name of a mesh zone, with the zone's SOA.
 pub fn nxdomain(q: &Query, zone: &str, ttl: u32) -> Vec<u8> {
     let mut m = response(q, ResponseCode::NXDomain, true);
@@ -528,6 +572,27 @@ mod tests {
         assert_eq!((s.ttl, s.negative), (5, true));
         resp.metadata.response_code = ResponseCode::ServFail;
         assert_eq!(storable(&resp, 86_400), None);
+    }
+
+    #[test]
+    fn fast_mesh_answers_equal_built_ones() {
+        let entry = Entry {
+            host: "reviews.shop.svc.cluster.local".into(),
+            v4: vec![Ipv4Addr::new(240, 240, 0, 1), Ipv4Addr::new(240, 240, 0, 2)],
+            v6: vec!["fd00::1".parse().unwrap()],
+        };
+        for (name, qtype, edns) in [
+            ("reviews.", RecordType::A, false),
+            ("Reviews.Shop.", RecordType::A, true),
+            ("reviews.shop.svc.cluster.local.", RecordType::AAAA, true),
+        ] {
+            let q = parse(&query_packet(name, qtype, edns));
+            let fast = mesh_answer_fast(&q, &entry, 30).expect("plain case");
+            let built = mesh_answer(&q, &entry, false, 30, None);
+            assert_eq!(Message::from_vec(&fast).unwrap(), Message::from_vec(&built).unwrap(), "{name} {qtype}");
+        }
+        let q = parse(&query_packet("reviews.", RecordType::TXT, false));
+        assert!(mesh_answer_fast(&q, &entry, 30).is_none(), "NODATA takes the general path");
     }
 
     #[test]
