@@ -131,9 +131,10 @@ for port in "$WEFT_PORT" "$DNSMASQ_PORT"; do
 done
 
 declare -A QPS P50 P99
-for server in weft dnsmasq; do
-    port=$WEFT_PORT; [[ $server == dnsmasq ]] && port=$DNSMASQ_PORT
-    for kind in mesh cached; do
+# Interleaved (kind, then server), so that both servers of a kind see the same machine.
+for kind in mesh cached; do
+    for server in weft dnsmasq; do
+        port=$WEFT_PORT; [[ $server == dnsmasq ]] && port=$DNSMASQ_PORT
         out=$(taskset -c 0 dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/$kind.txt" -l "$DURATION" -q 100 2>&1)
         QPS[$server.$kind]=$(awk '/Queries per second/ {printf "%.0f", $4}' <<<"$out")
         lost=$(awk '/Queries lost/ {print $3}' <<<"$out")
