@@ -211,8 +211,12 @@ async fn connect_tunnels_reach_mesh_services_and_the_tunnel_is_logged_when_it_en
 
     let read = || std::fs::read_to_string(&s.log).unwrap_or_default();
     assert!(
-        wait_for(Duration::from_secs(10), || async { read().lines().filter(|l| l.contains("CONNECT")).count() >= 2 })
-            .await,
+        wait_for(Duration::from_secs(10), || async {
+            // The tunnel's line is written when it ends, after the client saw its bytes.
+            read().lines().filter(|l| l.contains("CONNECT")).count() >= 2
+                && read().lines().any(|l| l.contains("\"db:5432\""))
+        })
+        .await,
         "access log: {}",
         read()
     );
