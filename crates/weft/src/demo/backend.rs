@@ -103,15 +103,14 @@ impl App {
     async fn grpc(&self, req: hyper::Request<Incoming>) -> hyper::Response<Body> {
         // The request message is read and dropped; any method answers.
         let _ = req.into_body().collect().await;
-        let (status, message) = if self.fails() { ("14", "the demo backend fails this call") } else { ("0", "") };
         let mut trailers = http::HeaderMap::new();
-        trailers.insert("grpc-status", http::HeaderValue::from_static(status));
-        if !message.is_empty() {
+        let mut frames: Vec<Result<Frame<Bytes>, Infallible>> = Vec::new();
+        if self.fails() {
+            trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
             trailers
                 .insert("grpc-message", http::HeaderValue::from_static("the%20demo%20backend%20fails%20this%20call"));
-        }
-        let mut frames: Vec<Result<Frame<Bytes>, Infallible>> = Vec::new();
-        if status == "0" {
+        } else {
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
             frames.push(Ok(Frame::data(grpc_frame(&reply_message(&self.name)))));
         }
         frames.push(Ok(Frame::trailers(trailers)));

@@ -286,11 +286,10 @@ pub async fn summary(
     duration: Duration,
     stop: Arc<AtomicBool>,
     errors: Arc<ClientErrors>,
-) -> BTreeMap<String, ServiceStats> {
+) {
     let started = Instant::now();
     let mut last: BTreeMap<String, ServiceStats> = BTreeMap::new();
     let mut last_errors = (0, 0);
-    let mut total: BTreeMap<String, ServiceStats> = BTreeMap::new();
     println!(
         "{:>6}  {:<8} {:>7} {:>9} {:>8} {:>8}  version split",
         "time", "service", "rps", "success", "p99 ms", "retries"
@@ -303,7 +302,7 @@ pub async fn summary(
                 _ = &mut wait => break,
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {
                     if stop.load(Ordering::SeqCst) {
-                        return total;
+                        return;
                     }
                 }
             }
@@ -345,10 +344,9 @@ pub async fn summary(
             );
         }
         last_errors = errs;
-        last = now.clone();
-        total = now;
+        last = now;
         if !duration.is_zero() && started.elapsed() >= duration {
-            return total;
+            return;
         }
     }
 }
