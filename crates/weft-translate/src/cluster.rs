@@ -109,7 +109,7 @@ fn outbound(
     let original_dst =
         matches!(s.resolution, Resolution::None) || s.is_wildcard() || simple == Some(SimpleLb::Passthrough);
     let mut c = base_cluster(&name);
-    c.metadata = Some(service_metadata(s));
+    c.metadata = Some(service_metadata(s, &scope.opts.domain_suffix));
     apply_connection_pool(&mut c, policy.pool.as_ref(), &port.protocol);
     // Unhealthy instances are left out, as Istio does by default: marked UNHEALTHY instead, they
     // would still get traffic whenever a proxy's panic threshold kicks in.
@@ -403,8 +403,8 @@ fn workload_metadata(e: &Endpoint) -> Option<envoy_types::pb::envoy::config::cor
 }
 
 /// Istio's cluster metadata `istio.services`: the destination service of the cluster's traffic.
-fn service_metadata(s: &Service) -> envoy_types::pb::envoy::config::core::v3::Metadata {
-    let name = s.host.strip_suffix(&format!(".{}.svc.cluster.local", s.namespace)).unwrap_or(&s.host);
+fn service_metadata(s: &Service, domain_suffix: &str) -> envoy_types::pb::envoy::config::core::v3::Metadata {
+    let name = s.host.strip_suffix(&format!(".{}.svc.{domain_suffix}", s.namespace)).unwrap_or(&s.host);
     let service = pb::struct_value([
         ("host", pb::string_value(s.host.clone())),
         ("name", pb::string_value(name.to_string())),
