@@ -14,11 +14,13 @@
 //! * [`http_get`], [`h2c_get`], [`HttpConn`]: small hyper-based clients.
 //! * [`tools`]: external tools (`curl`, `h2load`, envoy, ...) and root checks.
 //! * [`netns`]: network namespaces standing for hosts (root-only tests).
+//! * [`ads`]: a scripted ADS server (SotW and delta) that records what clients send.
 //!
 //! Backends bind `127.0.0.1:0`, run on a private background runtime (so a test
 //! that blocks its own runtime, e.g. by running `curl` synchronously, does not
 //! stall them), and stop when dropped.
 
+pub mod ads;
 mod client;
 mod grpc;
 mod http_backend;

@@ -2,9 +2,8 @@
 //! world, ACK/NACK with versions and nonces, subscriptions that follow the resources, the
 //! fallback to state of the world, and resynchronisation after the server restarts.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,292 +14,12 @@ use envoy_types::pb::envoy::config::listener::v3 as li;
 use envoy_types::pb::envoy::config::route::v3 as rt;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
-};
-use envoy_types::pb::google::protobuf::Any;
-use futures_util::Stream;
-use prost::{Message, Name};
-use tokio::sync::{mpsc, watch};
+use weft_test::ads::{any, ScriptedAds, Seen};
 use weft_config::{ProxyConfig, RouteSource};
 use weft_xds::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use weft_xds_client::{ApplyError, Options, Protocol, Status};
 
-// ---- a tiny ADS server ------------------------------------------------------------------------
-
-/// What a client sent, as the tests look at it.
-#[derive(Clone, Debug)]
-struct Seen {
-    type_url: String,
-    nonce: String,
-    error: Option<String>,
-    /// Delta: subscribed names; SotW: resource_names.
-    names: Vec<String>,
-    unsubscribed: Vec<String>,
-    initial_versions: BTreeMap<String, String>,
-    version_info: String,
-    has_node: bool,
-}
-
-#[derive(Default)]
-struct State {
-    resources: BTreeMap<String, BTreeMap<String, Any>>,
-    seen: Vec<Seen>,
-    no_delta: bool,
-}
-
-#[derive(Clone)]
-struct Ads {
-    state: Arc<Mutex<State>>,
-    changed: watch::Sender<u64>,
-    stop: watch::Sender<bool>,
-}
-
-fn version_of(a: &Any) -> String {
-    format!("{:x}", a.value.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3)))
-}
-
-impl Ads {
-    fn new() -> Ads {
-        Ads { state: Default::default(), changed: watch::channel(0).0, stop: watch::channel(false).0 }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap()
-    }
-
-    fn set<M: Message + Name>(&self, name: &str, msg: &M) {
-        let any = Any { type_url: M::type_url(), value: msg.encode_to_vec() };
-        self.lock().resources.entry(M::type_url()).or_default().insert(name.to_string(), any);
-        self.changed.send_modify(|v| *v += 1);
-    }
-
-    fn remove(&self, type_url: &str, name: &str) {
-        if let Some(m) = self.lock().resources.get_mut(type_url) {
-            m.remove(name);
-        }
-        self.changed.send_modify(|v| *v += 1);
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.lock().seen.clone()
-    }
-
-    /// Serves on `addr` (port 0 for any) until [`Ads::shutdown`]; returns the bound address.
-    async fn serve(&self, addr: SocketAddr) -> SocketAddr {
-        self.stop.send_replace(false);
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the ADS server");
-        let local = listener.local_addr().unwrap();
-        let mut stop = self.stop.subscribe();
-        let svc = AggregatedDiscoveryServiceServer::new(self.clone());
-        tokio::spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener);
-            let _ = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-        });
-        local
-    }
-
-    /// Ends every stream and stops listening.
-    fn shutdown(&self) {
-        self.stop.send_replace(true);
-    }
-
-    fn snapshot(&self, type_url: &str) -> BTreeMap<String, Any> {
-        self.lock().resources.get(type_url).cloned().unwrap_or_default()
-    }
-}
-
-type Out<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send>>;
-
-fn out_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> Out<T> {
-    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (Ok(m), rx)) }))
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Ads {
-    type StreamAggregatedResourcesStream = Out<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = Out<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        req: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
-        let mut input = req.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let ads = self.clone();
-        tokio::spawn(async move {
-            let (mut changed, mut stop) = (ads.changed.subscribe(), ads.stop.subscribe());
-            // type → (subscribed names, last version_info sent)
-            let mut subs: HashMap<String, (Vec<String>, Option<String>)> = HashMap::new();
-            let mut nonce = 0u64;
-            loop {
-                tokio::select! {
-                    m = input.message() => {
-                        let Ok(Some(r)) = m else { return };
-                        ads.lock().seen.push(Seen {
-                            type_url: r.type_url.clone(),
-                            nonce: r.response_nonce.clone(),
-                            error: r.error_detail.as_ref().map(|e| e.message.clone()),
-                            names: r.resource_names.clone(),
-                            unsubscribed: vec![],
-                            initial_versions: BTreeMap::new(),
-                            version_info: r.version_info.clone(),
-                            has_node: r.node.is_some(),
-                        });
-                        let e = subs.entry(r.type_url.clone()).or_default();
-                        if e.0 != r.resource_names || r.response_nonce.is_empty() {
-                            e.0 = r.resource_names.clone();
-                            e.1 = None;
-                        }
-                    }
-                    _ = changed.changed() => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-                for (ty, (names, sent)) in subs.iter_mut() {
-                    let all = ads.snapshot(ty);
-                    let chosen: Vec<Any> = all
-                        .iter()
-                        .filter(|(n, _)| names.is_empty() || names.contains(n))
-                        .map(|(_, a)| a.clone())
-                        .collect();
-                    let version = chosen.iter().map(version_of).collect::<Vec<_>>().join(".");
-                    if sent.as_deref() == Some(version.as_str()) {
-                        continue;
-                    }
-                    *sent = Some(version.clone());
-                    nonce += 1;
-                    let resp = DiscoveryResponse {
-                        version_info: format!("v-{version}"),
-                        resources: chosen,
-                        type_url: ty.clone(),
-                        nonce: nonce.to_string(),
-                        ..Default::default()
-                    };
-                    if tx.send(resp).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(tonic::Response::new(out_stream(rx)))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        req: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
-        if self.lock().no_delta {
-            return Err(tonic::Status::unimplemented("no delta here"));
-        }
-        let mut input = req.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let ads = self.clone();
-        tokio::spawn(async move {
-            let (mut changed, mut stop) = (ads.changed.subscribe(), ads.stop.subscribe());
-            // type → (wildcard, names, versions the client has)
-            let mut subs: HashMap<String, (bool, BTreeSet<String>, BTreeMap<String, String>)> = HashMap::new();
-            let mut nonce = 0u64;
-            let mut not_found: Option<DeltaDiscoveryResponse> = None;
-            loop {
-                tokio::select! {
-                    m = input.message() => {
-                        let Ok(Some(r)) = m else { return };
-                        ads.lock().seen.push(Seen {
-                            type_url: r.type_url.clone(),
-                            nonce: r.response_nonce.clone(),
-                            error: r.error_detail.as_ref().map(|e| e.message.clone()),
-                            names: r.resource_names_subscribe.clone(),
-                            unsubscribed: r.resource_names_unsubscribe.clone(),
-                            initial_versions: r.initial_resource_versions.clone().into_iter().collect(),
-                            version_info: String::new(),
-                            has_node: r.node.is_some(),
-                        });
-                        let first = !subs.contains_key(&r.type_url);
-                        let e = subs.entry(r.type_url.clone()).or_default();
-                        if first {
-                            e.0 = r.resource_names_subscribe.is_empty();
-                            e.2 = r.initial_resource_versions.clone().into_iter().collect();
-                        }
-                        e.1.extend(r.resource_names_subscribe.iter().cloned());
-                        for n in &r.resource_names_unsubscribe {
-                            e.1.remove(n);
-                            e.2.remove(n);
-                        }
-                        // A name that does not exist is answered in removed_resources, once.
-                        let all = ads.snapshot(&r.type_url);
-                        let absent: Vec<String> =
-                            r.resource_names_subscribe.iter().filter(|n| !all.contains_key(*n)).cloned().collect();
-                        if !absent.is_empty() {
-                            nonce += 1;
-                            not_found = Some(DeltaDiscoveryResponse {
-                                removed_resources: absent,
-                                type_url: r.type_url.clone(),
-                                nonce: nonce.to_string(),
-                                ..Default::default()
-                            });
-                        }
-                    }
-                    _ = changed.changed() => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-                if let Some(resp) = not_found.take() {
-                    if tx.send(resp).await.is_err() {
-                        return;
-                    }
-                }
-                for (ty, (wildcard, names, known)) in subs.iter_mut() {
-                    let all = ads.snapshot(ty);
-                    let mut resources = Vec::new();
-                    for (n, a) in all.iter().filter(|(n, _)| *wildcard || names.contains(*n)) {
-                        let v = version_of(a);
-                        if known.get(n) != Some(&v) {
-                            known.insert(n.clone(), v.clone());
-                            resources.push(Resource {
-                                name: n.clone(),
-                                version: v,
-                                resource: Some(a.clone()),
-                                ..Default::default()
-                            });
-                        }
-                    }
-                    let removed: Vec<String> = known.keys().filter(|n| !all.contains_key(*n)).cloned().collect();
-                    for n in &removed {
-                        known.remove(n);
-                    }
-                    if resources.is_empty() && removed.is_empty() {
-                        continue;
-                    }
-                    nonce += 1;
-                    let resp = DeltaDiscoveryResponse {
-                        resources,
-                        removed_resources: removed,
-                        type_url: ty.clone(),
-                        nonce: nonce.to_string(),
-                        ..Default::default()
-                    };
-                    if tx.send(resp).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(tonic::Response::new(out_stream(rx)))
-    }
-}
-
 // ---- resources --------------------------------------------------------------------------------
-
-fn any<M: Message + Name>(m: &M) -> Any {
-    Any { type_url: M::type_url(), value: m.encode_to_vec() }
-}
 
 fn sock(ip: &str, port: u32) -> Option<core::Address> {
     Some(core::Address {
@@ -408,7 +127,7 @@ fn route(name: &str, cluster: &str) -> rt::RouteConfiguration {
 }
 
 /// A mesh with one listener → route "r1" → EDS cluster "c1" (endpoint port `port`).
-fn publish(ads: &Ads, port: u32) {
+fn publish(ads: &ScriptedAds, port: u32) {
     ads.set("c1", &eds_cluster("c1"));
     ads.set("c1", &assignment("c1", port));
     ads.set("l1", &listener("l1", "r1"));
@@ -487,7 +206,7 @@ fn endpoint_port(cfg: &ProxyConfig, cluster: &str) -> Option<u16> {
 
 #[tokio::test]
 async fn delta_applies_a_complete_config_then_follows_updates_and_nacks_bad_resources_alone() {
-    let ads = Ads::new();
+    let ads = ScriptedAds::new();
     publish(&ads, 8001);
     let addr = ads.serve("127.0.0.1:0".parse().unwrap()).await;
     let (applied, status) = start_client(addr, Protocol::Delta, None);
@@ -549,7 +268,7 @@ async fn delta_applies_a_complete_config_then_follows_updates_and_nacks_bad_reso
 
 #[tokio::test]
 async fn after_a_restart_the_client_resyncs_with_the_versions_it_holds() {
-    let ads = Ads::new();
+    let ads = ScriptedAds::new();
     publish(&ads, 8001);
     let addr = ads.serve("127.0.0.1:0".parse().unwrap()).await;
     let (applied, status) = start_client(addr, Protocol::Delta, None);
@@ -578,8 +297,8 @@ async fn after_a_restart_the_client_resyncs_with_the_versions_it_holds() {
 
 #[tokio::test]
 async fn state_of_the_world_works_and_is_the_fallback_when_delta_is_unimplemented() {
-    let ads = Ads::new();
-    ads.lock().no_delta = true;
+    let ads = ScriptedAds::new();
+    ads.refuse_delta(true);
     publish(&ads, 8001);
     let addr = ads.serve("127.0.0.1:0".parse().unwrap()).await;
     let (applied, status) = start_client(addr, Protocol::Delta, None);
@@ -615,7 +334,7 @@ async fn state_of_the_world_works_and_is_the_fallback_when_delta_is_unimplemente
 
 #[tokio::test]
 async fn a_listener_the_proxy_cannot_bind_is_nacked_and_the_rest_applies() {
-    let ads = Ads::new();
+    let ads = ScriptedAds::new();
     publish(&ads, 8001);
     let addr = ads.serve("127.0.0.1:0".parse().unwrap()).await;
     let (applied, _status) = start_client(addr, Protocol::Delta, Some("l-busy"));
@@ -632,7 +351,7 @@ async fn a_listener_the_proxy_cannot_bind_is_nacked_and_the_rest_applies() {
 
 #[tokio::test]
 async fn a_route_the_server_says_does_not_exist_is_not_waited_for() {
-    let ads = Ads::new();
+    let ads = ScriptedAds::new();
     publish(&ads, 8001);
     ads.set("l2", &listener("l2", "nope"));
     let addr = ads.serve("127.0.0.1:0".parse().unwrap()).await;
@@ -710,7 +429,7 @@ fn metric(status: &Status, name: &str) -> u64 {
 #[tokio::test]
 async fn a_persisted_config_serves_before_the_server_answers_and_the_client_resyncs_from_it() {
     let dir = tempfile::tempdir().unwrap();
-    let ads = Ads::new();
+    let ads = ScriptedAds::new();
     publish(&ads, 8001);
     let addr = ads.serve("127.0.0.1:0".parse().unwrap()).await;
     let (applied, status, task) = start_cached_client(addr, dir.path());

@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -19,181 +16,13 @@ use envoy_types::pb::envoy::config::listener::v3 as li;
 use envoy_types::pb::envoy::config::route::v3 as rt;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
-};
-use envoy_types::pb::google::protobuf::Any;
-use prost::{Message, Name};
-use tokio::sync::{mpsc, watch};
+use weft_test::ads::{any, ScriptedAds, Seen};
 use weft_test::{http_get, wait_for, HttpBackend, WeftProcess};
-
-// ---- a tiny delta ADS server ------------------------------------------------------------------
-
-/// A request the proxy sent.
-#[derive(Clone, Debug)]
-struct Seen {
-    type_url: String,
-    error: Option<String>,
-    initial_versions: BTreeMap<String, String>,
-}
-
-#[derive(Clone)]
-struct Ads {
-    resources: Arc<Mutex<BTreeMap<String, BTreeMap<String, Any>>>>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    changed: watch::Sender<u64>,
-    stop: watch::Sender<bool>,
-}
-
-type Out<T> = Pin<Box<dyn futures_util::Stream<Item = Result<T, tonic::Status>> + Send>>;
-
-fn version_of(a: &Any) -> String {
-    format!("{:x}", a.value.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3)))
-}
-
-impl Ads {
-    fn new() -> Ads {
-        Ads {
-            resources: Default::default(),
-            seen: Default::default(),
-            changed: watch::channel(0).0,
-            stop: watch::channel(false).0,
-        }
-    }
-
-    fn set<M: Message + Name>(&self, name: &str, msg: &M) {
-        let any = Any { type_url: M::type_url(), value: msg.encode_to_vec() };
-        self.resources.lock().unwrap().entry(M::type_url()).or_default().insert(name.to_string(), any);
-        self.changed.send_modify(|v| *v += 1);
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    async fn serve(&self, addr: SocketAddr) -> SocketAddr {
-        self.stop.send_replace(false);
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the ADS server");
-        let local = listener.local_addr().expect("ADS address");
-        let mut stop = self.stop.subscribe();
-        let svc = AggregatedDiscoveryServiceServer::new(self.clone());
-        tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-        });
-        local
-    }
-
-    /// Ends every stream and stops listening: the control plane is gone.
-    fn shutdown(&self) {
-        self.stop.send_replace(true);
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Ads {
-    type StreamAggregatedResourcesStream = Out<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = Out<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        _req: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("this test server speaks delta xDS"))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        req: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
-        let mut input = req.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let ads = self.clone();
-        tokio::spawn(async move {
-            let (mut changed, mut stop) = (ads.changed.subscribe(), ads.stop.subscribe());
-            // type → (wildcard, subscribed names, versions the proxy has)
-            let mut subs: HashMap<String, (bool, BTreeSet<String>, BTreeMap<String, String>)> = HashMap::new();
-            let mut nonce = 0u64;
-            loop {
-                tokio::select! {
-                    m = input.message() => {
-                        let Ok(Some(r)) = m else { return };
-                        ads.seen.lock().unwrap().push(Seen {
-                            type_url: r.type_url.clone(),
-                            error: r.error_detail.as_ref().map(|e| e.message.clone()),
-                            initial_versions: r.initial_resource_versions.clone().into_iter().collect(),
-                        });
-                        let first = !subs.contains_key(&r.type_url);
-                        let e = subs.entry(r.type_url.clone()).or_default();
-                        if first {
-                            e.0 = r.resource_names_subscribe.is_empty();
-                            e.2 = r.initial_resource_versions.clone().into_iter().collect();
-                        }
-                        e.1.extend(r.resource_names_subscribe.iter().cloned());
-                        for n in &r.resource_names_unsubscribe {
-                            e.1.remove(n);
-                            e.2.remove(n);
-                        }
-                    }
-                    _ = changed.changed() => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-                for (ty, (wildcard, names, known)) in subs.iter_mut() {
-                    let all = ads.resources.lock().unwrap().get(ty).cloned().unwrap_or_default();
-                    let mut resources = Vec::new();
-                    for (n, a) in all.iter().filter(|(n, _)| *wildcard || names.contains(*n)) {
-                        let v = version_of(a);
-                        if known.get(n) != Some(&v) {
-                            known.insert(n.clone(), v.clone());
-                            resources.push(Resource {
-                                name: n.clone(),
-                                version: v,
-                                resource: Some(a.clone()),
-                                ..Default::default()
-                            });
-                        }
-                    }
-                    let removed: Vec<String> = known.keys().filter(|n| !all.contains_key(*n)).cloned().collect();
-                    for n in &removed {
-                        known.remove(n);
-                    }
-                    if resources.is_empty() && removed.is_empty() {
-                        continue;
-                    }
-                    nonce += 1;
-                    let resp = DeltaDiscoveryResponse {
-                        resources,
-                        removed_resources: removed,
-                        type_url: ty.clone(),
-                        nonce: nonce.to_string(),
-                        ..Default::default()
-                    };
-                    if tx.send(resp).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        let out = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (Ok(m), rx)) });
-        Ok(tonic::Response::new(Box::pin(out)))
-    }
-}
 
 // ---- the mesh it serves -----------------------------------------------------------------------
 
 const CLUSTER: &str = "outbound|80||svc.default.svc.cluster.local";
 const NODE: &str = "sidecar~127.0.0.1~web-1.default~default.svc.cluster.local";
-
-fn any<M: Message + Name>(m: &M) -> Any {
-    Any { type_url: M::type_url(), value: m.encode_to_vec() }
-}
 
 fn sock(addr: SocketAddr) -> Option<core::Address> {
     Some(core::Address {
@@ -400,11 +229,12 @@ async fn prometheus(weft: &WeftProcess) -> String {
 async fn a_proxy_follows_the_control_plane_rejects_bad_resources_and_outlives_it() {
     let a = HttpBackend::start("a").await;
     let b = HttpBackend::start("b").await;
-    let ads = Ads::new();
+    let ads = ScriptedAds::new();
     ads.set(CLUSTER, &eds_cluster());
     ads.set(CLUSTER, &assignment(a.addr()));
     ads.set("web", &listener());
     // The route configuration is held back: the proxy must not be ready without it.
+    ads.silent_on_absent(true);
     let server = ads.serve("127.0.0.1:0".parse().unwrap()).await;
 
     let admin = dead_addr();
@@ -530,7 +360,7 @@ async fn http_inspection_picks_chains_and_clusters_bind_their_source_address() {
     let a = HttpBackend::start("a").await;
     let b = HttpBackend::start("b").await;
     let echo = peer_echo().await;
-    let ads = Ads::new();
+    let ads = ScriptedAds::new();
     ads.set(CLUSTER, &eds_cluster());
     ads.set(CLUSTER, &assignment(a.addr()));
     ads.set("raw", &static_cluster("raw", b.addr(), None));
