@@ -98,8 +98,43 @@ impl Net {
     }
 }
 
+/// The agent's `proxy:` section for a bind-mode sidecar.
+const BIND_PROXY: &str = r#"{ mode: bind, admin: "127.0.0.1:0", concurrency: 1 }"#;
+
 fn agent_file(api: SocketAddr, xds: SocketAddr, net: &Net, backend_port: u16, state: &Path) -> String {
-    agent_file_with(api, xds, net, backend_port, state, r#"{ mode: bind, admin: "127.0.0.1:0", concurrency: 1 }"#)
+    agent_file_with(api, xds, net, backend_port, state, BIND_PROXY)
+}
+
+/// One host on loopback: a control plane with the namespace's Sidecar applied, the host's
+/// application on a free port of the host's address, and the agent registering it.
+struct Rig {
+    net: Net,
+    control: WeftProcess,
+    api: SocketAddr,
+    /// The application's address.
+    addr: SocketAddr,
+    backend: Backend,
+    agent: WeftProcess,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn start(third: u8) -> Rig {
+        Rig::start_with(third, BIND_PROXY).await
+    }
+
+    async fn start_with(third: u8, proxy: &str) -> Rig {
+        let net = Net::new(third);
+        let dir = tempfile::tempdir().unwrap();
+        let control = start_control(&dir.path().join("cp"), "127.0.0.1:0", "127.0.0.1:0").await;
+        let (api, xds) = (control.listener("api"), control.listener("xds"));
+        apply_sidecar(api, &net.bind).await;
+        let port = free_port(&net.host);
+        let addr: SocketAddr = format!("{}:{port}", net.host).parse().unwrap();
+        let backend = Backend::start(addr).await;
+        let agent = start_agent(&agent_file_with(api, xds, &net, port, &dir.path().join("state"), proxy)).await;
+        Rig { net, control, api, addr, backend, agent, _dir: dir }
+    }
 }
 
 fn agent_file_with(
@@ -234,14 +269,7 @@ fn pid_alive(pid: u64) -> bool {
 
 #[tokio::test]
 async fn a_registered_service_is_reachable_through_the_sidecar_and_sigterm_deregisters_it() {
-    let net = Net::new(61);
-    let dir = tempfile::tempdir().unwrap();
-    let control = start_control(&dir.path().join("cp"), "127.0.0.1:0", "127.0.0.1:0").await;
-    let (api, xds) = (control.listener("api"), control.listener("xds"));
-    apply_sidecar(api, &net.bind).await;
-    let port = free_port(&net.host);
-    let _backend = Backend::start(format!("{}:{port}", net.host).parse().unwrap()).await;
-    let mut agent = start_agent(&agent_file(api, xds, &net, port, &dir.path().join("state"))).await;
+    let Rig { _dir, net, api, mut agent, control: _control, backend: _backend, .. } = Rig::start(61).await;
 
     wait_instances(api, "registered", |items| items.len() == 1 && items[0]["instance"]["healthy"] == true).await;
     let proxy = proxy_ready(&agent).await;
@@ -266,15 +294,7 @@ async fn a_registered_service_is_reachable_through_the_sidecar_and_sigterm_dereg
 
 #[tokio::test]
 async fn a_failing_health_check_takes_the_instance_out_of_eds_until_it_passes_again() {
-    let net = Net::new(62);
-    let dir = tempfile::tempdir().unwrap();
-    let control = start_control(&dir.path().join("cp"), "127.0.0.1:0", "127.0.0.1:0").await;
-    let (api, xds) = (control.listener("api"), control.listener("xds"));
-    apply_sidecar(api, &net.bind).await;
-    let port = free_port(&net.host);
-    let addr: SocketAddr = format!("{}:{port}", net.host).parse().unwrap();
-    let mut backend = Backend::start(addr).await;
-    let agent = start_agent(&agent_file(api, xds, &net, port, &dir.path().join("state"))).await;
+    let Rig { _dir, net, api, addr, mut backend, agent, control: _control, .. } = Rig::start(62).await;
     proxy_ready(&agent).await;
     wait_reviews(&net.bind, "served while healthy", served_by_backend, &agent).await;
     let node = format!("sidecar~{}~vm-1.shop~shop.svc.cluster.local", net.host);
@@ -319,14 +339,7 @@ async fn a_failing_health_check_takes_the_instance_out_of_eds_until_it_passes_ag
 
 #[tokio::test]
 async fn a_killed_agent_s_instance_disappears_when_its_lease_expires() {
-    let net = Net::new(63);
-    let dir = tempfile::tempdir().unwrap();
-    let control = start_control(&dir.path().join("cp"), "127.0.0.1:0", "127.0.0.1:0").await;
-    let (api, xds) = (control.listener("api"), control.listener("xds"));
-    apply_sidecar(api, &net.bind).await;
-    let port = free_port(&net.host);
-    let _backend = Backend::start(format!("{}:{port}", net.host).parse().unwrap()).await;
-    let mut agent = start_agent(&agent_file(api, xds, &net, port, &dir.path().join("state"))).await;
+    let Rig { _dir, api, control, mut agent, net: _net, backend: _backend, .. } = Rig::start(63).await;
     wait_instances(api, "registered", |items| items.len() == 1).await;
     let s = wait_status(&agent, "proxy started", |s| s["children"][0]["pid"].is_u64()).await;
     let proxy_pid = s["children"][0]["pid"].as_u64().unwrap();
@@ -414,14 +427,7 @@ async fn the_agent_keeps_retrying_while_the_control_plane_is_down_and_registers_
 
 #[tokio::test]
 async fn a_killed_proxy_is_restarted() {
-    let net = Net::new(66);
-    let dir = tempfile::tempdir().unwrap();
-    let control = start_control(&dir.path().join("cp"), "127.0.0.1:0", "127.0.0.1:0").await;
-    let (api, xds) = (control.listener("api"), control.listener("xds"));
-    apply_sidecar(api, &net.bind).await;
-    let port = free_port(&net.host);
-    let _backend = Backend::start(format!("{}:{port}", net.host).parse().unwrap()).await;
-    let agent = start_agent(&agent_file(api, xds, &net, port, &dir.path().join("state"))).await;
+    let Rig { _dir, net, agent, control: _control, api: _api, backend: _backend, .. } = Rig::start(66).await;
     proxy_ready(&agent).await;
     wait_reviews(&net.bind, "served", served_by_backend, &agent).await;
     let s = agent_status(&agent).await;
@@ -441,14 +447,7 @@ async fn a_killed_proxy_is_restarted() {
 
 #[tokio::test]
 async fn a_proxy_restarted_while_the_control_plane_is_down_serves_its_last_config() {
-    let net = Net::new(67);
-    let dir = tempfile::tempdir().unwrap();
-    let mut control = start_control(&dir.path().join("cp"), "127.0.0.1:0", "127.0.0.1:0").await;
-    let (api, xds) = (control.listener("api"), control.listener("xds"));
-    apply_sidecar(api, &net.bind).await;
-    let port = free_port(&net.host);
-    let _backend = Backend::start(format!("{}:{port}", net.host).parse().unwrap()).await;
-    let agent = start_agent(&agent_file(api, xds, &net, port, &dir.path().join("state"))).await;
+    let Rig { _dir, net, mut control, agent, api: _api, backend: _backend, .. } = Rig::start(67).await;
     proxy_ready(&agent).await;
     wait_reviews(&net.bind, "served", served_by_backend, &agent).await;
     let pid = agent_status(&agent).await["children"][0]["pid"].as_u64().expect("proxy pid");
@@ -470,17 +469,10 @@ async fn a_proxy_restarted_while_the_control_plane_is_down_serves_its_last_confi
 
 #[tokio::test]
 async fn in_http_proxy_mode_applications_reach_the_service_through_the_proxy_port() {
-    let net = Net::new(68);
-    let dir = tempfile::tempdir().unwrap();
-    let control = start_control(&dir.path().join("cp"), "127.0.0.1:0", "127.0.0.1:0").await;
-    let (api, xds) = (control.listener("api"), control.listener("xds"));
-    apply_sidecar(api, &net.bind).await;
-    let port = free_port(&net.host);
-    let _backend = Backend::start(format!("{}:{port}", net.host).parse().unwrap()).await;
     let proxy_port = free_port("127.0.0.1");
     let proxy = format!(r#"{{ mode: http-proxy, httpProxyPort: {proxy_port}, admin: "127.0.0.1:0", concurrency: 1 }}"#);
-    let yaml = agent_file_with(api, xds, &net, port, &dir.path().join("state"), &proxy);
-    let agent = start_agent(&yaml).await;
+    let Rig { _dir, agent, net: _net, control: _control, api: _api, backend: _backend, .. } =
+        Rig::start_with(68, &proxy).await;
     proxy_ready(&agent).await;
     let s = agent_status(&agent).await;
     assert_eq!(s["capture"]["mode"], "http-proxy");
