@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -281,45 +281,11 @@ pub fn parse_responses(mut bytes: &[u8]) -> Vec<RawResponse> {
 
 // ---- external commands ------------------------------------------------------------------------
 
-/// What a finished command produced.
-pub struct Finished {
-    pub status: ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// Run `cmd` to completion, killing it (and failing the test) after `timeout`. Output goes to
+/// Run `cmd` to completion, killing it (and failing the test) after `timeout`; output goes to
 /// files, so a chatty command cannot block on a full pipe.
-pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Finished {
-    let dir = tempfile::tempdir().expect("temporary directory for command output");
-    let out_path = dir.path().join("stdout");
-    let err_path = dir.path().join("stderr");
-    cmd.stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&err_path).expect("stderr file"));
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the command") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{cmd:?} still running after {timeout:?}\nstdout: {}\nstderr: {}",
-                std::fs::read_to_string(&out_path).unwrap_or_default(),
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Finished {
-        status,
-        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
-    }
-}
+pub use weft_test::netns::run_command as run_with_timeout;
+/// What a finished command produced.
+pub use weft_test::netns::Output as Finished;
 
 /// Run `cmd` on a blocking thread (so the test's runtime keeps polling) with a deadline.
 pub async fn run_blocking(cmd: Command, timeout: Duration) -> Finished {
