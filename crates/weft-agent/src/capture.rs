@@ -65,6 +65,18 @@ mod tests {
     }
 
     #[test]
+    fn a_host_without_services_captures_outbound_and_dns_but_no_inbound_port() {
+        let c = crate::config::parse(
+            "a.yaml",
+            "control: {api: 127.0.0.1:15014, xds: 127.0.0.1:15010}\nhost: {address: 10.0.0.5, name: client}\nproxy: {mode: capture}\ndns: {enabled: true}\ncapture: {enabled: true, dns: true}\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let p = plan(&c).unwrap();
+        assert_eq!(p.inbound_ports, InboundPorts::List(vec![]));
+        assert!(p.vip_route && p.dns.is_some());
+    }
+
+    #[test]
     fn the_file_s_capture_options_reach_the_plan() {
         let p = plan(&config(
             "dns: {enabled: true, listen: 127.0.0.1:5300}\ncapture: {enabled: true, mode: nftables, inboundPorts: \"*\", excludeInboundPorts: [22], outboundCidrs: [10.1.0.0/16], excludeCidrs: [10.0.0.1], excludeUids: [1001], dns: true, vipRoute: false}\n",

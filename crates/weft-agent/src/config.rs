@@ -571,9 +571,7 @@ impl Validator {
             );
         }
         let workload_group = raw.workload_group.inspect(|g| self.dns_label("workloadGroup", g));
-        if raw.services.is_empty() && workload_group.is_none() {
-            self.err("services", "at least one service (or a workloadGroup) is required");
-        }
+        let registers = !raw.services.is_empty() || workload_group.is_some();
         let services: Vec<ServiceConfig> =
             raw.services.into_iter().enumerate().map(|(i, s)| self.service(i, s, &host)).collect();
         self.service_conflicts(&services);
@@ -583,6 +581,13 @@ impl Validator {
         let proxy = self.proxy(raw.proxy);
         let dns = self.dns(raw.dns);
         let capture = self.capture(raw.capture, &proxy, &dns);
+        // A host that only calls the mesh registers nothing: its proxy and dns are the point.
+        if !registers && !proxy.enabled && !dns.enabled {
+            self.err(
+                "services",
+                "at least one service (or a workloadGroup) is required when neither proxy nor dns runs",
+            );
+        }
         if (proxy.enabled || dns.enabled) && control.xds.is_none() && !control.api.is_empty() {
             self.err("control.xds", "required when the proxy or dns is enabled (e.g. 127.0.0.1:15010)");
         }
@@ -1042,6 +1047,20 @@ stateDir: /tmp/weft-agent-test
         assert_eq!(c.services[0].health_check, None);
     }
 
+    #[test]
+    fn a_host_that_only_calls_the_mesh_registers_nothing_and_runs_its_proxy_and_dns() {
+        let base = "control: {api: 127.0.0.1:15014, xds: 127.0.0.1:15010}\nhost: {address: 10.0.0.5, name: client}\n";
+        for services in ["services: []\n", ""] {
+            let c = parse("a.yaml", &format!("{base}{services}proxy: {{mode: capture}}\ndns: {{enabled: true}}\ncapture: {{enabled: true, dns: true}}\n"))
+                .unwrap_or_else(|e| panic!("{services:?}: {e}"));
+            assert!(c.services.is_empty() && c.workload_group.is_none());
+            assert!(c.proxy.enabled && c.dns.enabled && c.capture.enabled);
+        }
+        // Only dns: still something to run.
+        let c = parse("a.yaml", &format!("{base}proxy: {{enabled: false}}\ndns: {{enabled: true}}\n")).unwrap();
+        assert!(c.services.is_empty() && !c.proxy.enabled && c.dns.enabled);
+    }
+
     /// Each case: a change to a valid file and every message it must produce.
     #[test]
     fn bad_files_name_the_field() {
@@ -1099,10 +1118,13 @@ stateDir: /tmp/weft-agent-test
                 vec![
                     "a.yaml: control: required (the control plane's api and xds addresses)",
                     "a.yaml: host.address: 0.0.0.0 is not a unicast address",
-                    "a.yaml: services: at least one service (or a workloadGroup) is required",
                     "a.yaml: proxy.mode: unknown value \"sidecar\" (expected one of capture, bind, http-proxy)",
                     "a.yaml: status.listen: 10.0.0.5:15020 is not a loopback address (the status endpoint is local)",
                 ],
+            ),
+            (
+                format!("{base}services: []\nproxy: {{enabled: false}}\n"),
+                vec!["a.yaml: services: at least one service (or a workloadGroup) is required when neither proxy nor dns runs"],
             ),
             (
                 "control: {api: 127.0.0.1}\nhost: {address: 10.0.0.5, name: vm}\nservices: [{name: a, ports: [{name: http, number: 80}]}]\n".to_string(),

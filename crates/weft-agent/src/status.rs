@@ -278,7 +278,6 @@ fn table(rows: &[Vec<String>]) -> String {
 /// The document as `weft agent status` prints it.
 pub fn render(s: &AgentStatus) -> String {
     let now = s.now_unix_ms;
-    let ago = |t: Option<u64>| t.map(|t| format!("{} ago", span(now.saturating_sub(t)))).unwrap_or_else(|| "-".into());
     let mut out = format!(
         "host {} ({}), tenant {}, control plane {}, heartbeat {}, lease {}\n\n",
         s.host,
@@ -288,6 +287,58 @@ pub fn render(s: &AgentStatus) -> String {
         span(s.heartbeat_ms),
         span(s.lease_ttl_ms)
     );
+    if s.services.is_empty() {
+        out.push_str("no services: nothing is registered (the host only calls the mesh)\n");
+    } else {
+        out.push_str(&service_tables(s));
+    }
+    if !s.children.is_empty() {
+        out.push('\n');
+        let mut rows = vec![["CHILD", "PID", "STATE", "RESTARTS", "UPTIME", "LAST EXIT"].map(String::from).to_vec()];
+        for c in &s.children {
+            rows.push(vec![
+                c.name.clone(),
+                c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                if c.running { "running".into() } else { "DOWN".into() },
+                c.restarts.to_string(),
+                match (c.running, c.started_unix_ms) {
+                    (true, Some(t)) => span(now.saturating_sub(t)),
+                    _ => "-".into(),
+                },
+                c.last_exit.clone().or_else(|| c.last_error.clone()).unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
+    let cap = &s.capture;
+    out.push_str(&format!(
+        "\nproxy mode {}; capture {}{}\n",
+        cap.mode,
+        if !cap.enabled {
+            "off".to_string()
+        } else if cap.installed {
+            "installed".to_string()
+        } else {
+            "not installed".to_string()
+        },
+        if cap.detail.is_empty() { String::new() } else { format!(": {}", cap.detail.join(", ")) }
+    ));
+    if s.problems.is_empty() {
+        out.push_str("\nno problems\n");
+    } else {
+        out.push_str("\nproblems:\n");
+        for p in &s.problems {
+            out.push_str(&format!("  {p}\n"));
+        }
+    }
+    out
+}
+
+/// The registration and health tables, one row per instance.
+fn service_tables(s: &AgentStatus) -> String {
+    let now = s.now_unix_ms;
+    let ago = |t: Option<u64>| t.map(|t| format!("{} ago", span(now.saturating_sub(t)))).unwrap_or_else(|| "-".into());
+    let mut out = String::new();
     let mut rows = vec![["SERVICE", "INSTANCE", "PORTS", "REGISTRATION", "REVISION", "LEASE", "RENEWED", "LAST ERROR"]
         .map(String::from)
         .to_vec()];
@@ -335,45 +386,6 @@ pub fn render(s: &AgentStatus) -> String {
         ]);
     }
     out.push_str(&table(&rows));
-    if !s.children.is_empty() {
-        out.push('\n');
-        let mut rows = vec![["CHILD", "PID", "STATE", "RESTARTS", "UPTIME", "LAST EXIT"].map(String::from).to_vec()];
-        for c in &s.children {
-            rows.push(vec![
-                c.name.clone(),
-                c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                if c.running { "running".into() } else { "DOWN".into() },
-                c.restarts.to_string(),
-                match (c.running, c.started_unix_ms) {
-                    (true, Some(t)) => span(now.saturating_sub(t)),
-                    _ => "-".into(),
-                },
-                c.last_exit.clone().or_else(|| c.last_error.clone()).unwrap_or_else(|| "-".into()),
-            ]);
-        }
-        out.push_str(&table(&rows));
-    }
-    let cap = &s.capture;
-    out.push_str(&format!(
-        "\nproxy mode {}; capture {}{}\n",
-        cap.mode,
-        if !cap.enabled {
-            "off".to_string()
-        } else if cap.installed {
-            "installed".to_string()
-        } else {
-            "not installed".to_string()
-        },
-        if cap.detail.is_empty() { String::new() } else { format!(": {}", cap.detail.join(", ")) }
-    ));
-    if s.problems.is_empty() {
-        out.push_str("\nno problems\n");
-    } else {
-        out.push_str("\nproblems:\n");
-        for p in &s.problems {
-            out.push_str(&format!("  {p}\n"));
-        }
-    }
     out
 }
 
@@ -481,5 +493,21 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want:?} not in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_host_without_services_says_so_instead_of_empty_tables() {
+        let s = AgentStatus {
+            host: "client".into(),
+            address: "10.0.0.6".into(),
+            children: vec![ChildStatus { name: "dns".into(), pid: Some(7), running: true, ..Default::default() }],
+            capture: CaptureStatus { mode: "capture".into(), enabled: true, installed: true, ..Default::default() },
+            ..Default::default()
+        };
+        let text = render(&s);
+        assert!(text.contains("no services: nothing is registered (the host only calls the mesh)\n"), "{text}");
+        assert!(!text.contains("SERVICE") && !text.contains("INSTANCE"), "{text}");
+        assert!(text.contains("dns    7    running") && text.contains("capture installed"), "{text}");
+        assert!(s.compute_problems().is_empty());
     }
 }

@@ -137,6 +137,9 @@ fn print_plan(c: &weft_agent::config::AgentConfig) {
             weft_agent::health::describe(s.health_check.as_ref())
         );
     }
+    if c.services.is_empty() && c.workload_group.is_none() {
+        println!("no services: nothing is registered (the host only calls the mesh)");
+    }
     if let Some(g) = &c.workload_group {
         println!(
             "WorkloadGroup {}/{g} as instance {}",
