@@ -195,3 +195,49 @@ pub fn link_named(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_
         ns.must(&["ip", "link", "set", ifname, "up"]);
     }
 }
+
+/// Joins `hosts` on one Ethernet segment: a bridge `br0` inside `switch` (a namespace of its own,
+/// standing for the network between the hosts) and a veth pair from each host (`veth0` on the
+/// host's side, with its address `IP/LEN`) to a port of the bridge. Every host reaches every
+/// other one directly, as machines on one LAN do. Call it once per switch namespace.
+///
+/// ```no_run
+/// use weft_test::netns::{bridge, Netns};
+/// let lan = Netns::new("hosts-lan");
+/// let a = Netns::new("hosts-a");
+/// let b = Netns::new("hosts-b");
+/// let c = Netns::new("hosts-c");
+/// bridge(&lan, &[(&a, "10.79.0.11/24"), (&b, "10.79.0.12/24"), (&c, "10.79.0.13/24")]);
+/// assert!(a.run(&["ping", "-c1", "-W1", "10.79.0.13"]).success());
+/// ```
+pub fn bridge(switch: &Netns, hosts: &[(&Netns, &str)]) {
+    switch.must(&["ip", "link", "add", "br0", "type", "bridge"]);
+    switch.must(&["ip", "link", "set", "br0", "up"]);
+    for (i, (host, addr)) in hosts.iter().enumerate() {
+        let port = format!("port{i}");
+        must(&[
+            "ip",
+            "link",
+            "add",
+            "veth0",
+            "netns",
+            host.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            switch.name(),
+        ]);
+        switch.must(&["ip", "link", "set", &port, "master", "br0"]);
+        switch.must(&["ip", "link", "set", &port, "up"]);
+        let family = if addr.contains(':') { "-6" } else { "-4" };
+        let mut args = vec!["ip", family, "addr", "add", addr, "dev", "veth0"];
+        if family == "-6" {
+            args.push("nodad");
+        }
+        host.must(&args);
+        host.must(&["ip", "link", "set", "veth0", "up"]);
+    }
+}
