@@ -14,8 +14,8 @@ use envoy_types::pb::envoy::config::listener::v3 as li;
 use envoy_types::pb::envoy::config::route::v3 as rt;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
-use weft_test::ads::{any, ScriptedAds, Seen};
 use weft_config::{ProxyConfig, RouteSource};
+use weft_test::ads::{any, ScriptedAds, Seen};
 use weft_xds::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use weft_xds_client::{ApplyError, Options, Protocol, Status};
 
