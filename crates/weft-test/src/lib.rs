@@ -14,6 +14,8 @@
 //! * [`http_get`], [`h2c_get`], [`HttpConn`]: small hyper-based clients.
 //! * [`tools`]: external tools (`curl`, `h2load`, envoy, ...) and root checks.
 //! * [`netns`]: network namespaces standing for hosts (root-only tests).
+//! * [`envoy`]: Envoy bootstraps (ADS, or static with generated resources inline) and
+//!   `envoy --mode validate`.
 //! * [`ads`]: a scripted ADS server (SotW and delta) that records what clients send.
 //!
 //! Backends bind `127.0.0.1:0`, run on a private background runtime (so a test
@@ -22,6 +24,7 @@
 
 pub mod ads;
 mod client;
+pub mod envoy;
 mod grpc;
 mod http_backend;
 pub mod netns;

@@ -82,12 +82,15 @@ pub struct Built {
     pub assignment: Option<ClusterLoadAssignment>,
 }
 
-/// Every cluster (and assignment) of a service port: the default one and one per subset.
+/// Every cluster (and assignment) of a service port: the default one and one per subset. As in
+/// Istio, a subset of a DNS-resolved service that selects no endpoint has no cluster: a DNS
+/// cluster needs something to resolve (Envoy rejects a LOGICAL_DNS cluster without exactly one
+/// endpoint), and routes to the missing cluster answer 503 like routes to an unknown subset.
 pub fn service_port_clusters(scope: &Scope, s: &Service, port: &ServicePort, rule: Option<&MergedRule>) -> Vec<Built> {
-    let mut out = vec![outbound(scope, s, port, None, rule)];
+    let mut out: Vec<Built> = outbound(scope, s, port, None, rule).into_iter().collect();
     if let Some(rule) = rule {
         for subset in &rule.subsets {
-            out.push(outbound(scope, s, port, Some(subset), Some(rule)));
+            out.extend(outbound(scope, s, port, Some(subset), Some(rule)));
         }
     }
     out
@@ -99,7 +102,7 @@ fn outbound(
     port: &ServicePort,
     subset: Option<&Subset>,
     rule: Option<&MergedRule>,
-) -> Built {
+) -> Option<Built> {
     let name = outbound_cluster(port.number, subset.map(|s| s.name.as_str()).unwrap_or(""), &s.host);
     let policy = policy_for(rule, port.number, subset.map(|s| s.name.as_str()));
     let simple = match policy.lb.as_ref().and_then(|lb| lb.policy.as_ref()) {
@@ -149,6 +152,9 @@ fn outbound(
             Resolution::DnsRoundRobin => targets.into_iter().take(1).collect(),
             _ => targets,
         };
+        if targets.is_empty() && matches!(s.resolution, Resolution::Dns | Resolution::DnsRoundRobin) {
+            return None;
+        }
         let locality_setting = locality_setting(scope, policy.lb.as_ref());
         let mut cla = load_assignment(&name, &targets);
         if let Some(setting) = &locality_setting {
@@ -176,7 +182,7 @@ fn outbound(
             }
         }
     }
-    Built { cluster: c, assignment }
+    Some(Built { cluster: c, assignment })
 }
 
 /// Istio's defaults every outbound cluster starts from.
@@ -220,18 +226,20 @@ fn apply_connection_pool(c: &mut Cluster, pool: Option<&ConnectionPool>, protoco
             });
         }
     }
+    // As in Istio, 0 leaves a limit at its default (wide open): it does not mean "none allowed".
+    let positive = |n: Option<u32>| n.filter(|n| *n > 0).map(pb::u32v);
     if let Some(t) = c.circuit_breakers.as_mut().and_then(|cb| cb.thresholds.first_mut()) {
-        if let Some(n) = tcp.and_then(|t| t.max_connections) {
-            t.max_connections = Some(pb::u32v(n));
+        if let Some(n) = positive(tcp.and_then(|t| t.max_connections)) {
+            t.max_connections = Some(n);
         }
-        if let Some(n) = http.and_then(|h| h.http1_max_pending_requests) {
-            t.max_pending_requests = Some(pb::u32v(n));
+        if let Some(n) = positive(http.and_then(|h| h.http1_max_pending_requests)) {
+            t.max_pending_requests = Some(n);
         }
-        if let Some(n) = http.and_then(|h| h.http2_max_requests) {
-            t.max_requests = Some(pb::u32v(n));
+        if let Some(n) = positive(http.and_then(|h| h.http2_max_requests)) {
+            t.max_requests = Some(n);
         }
-        if let Some(n) = http.and_then(|h| h.max_retries) {
-            t.max_retries = Some(pb::u32v(n));
+        if let Some(n) = positive(http.and_then(|h| h.max_retries)) {
+            t.max_retries = Some(n);
         }
     }
     if let Some(opts) = http_protocol_options(protocol, pool) {
@@ -255,7 +263,8 @@ fn http_protocol_options(protocol: &Protocol, pool: Option<&ConnectionPool>) -> 
             && http.is_some_and(|h| h.h2_upgrade_policy == H2UpgradePolicy::Upgrade));
     let downstream = http.is_some_and(|h| h.use_client_protocol) || matches!(protocol, Protocol::Unsupported(_));
     let h2_options = Http2ProtocolOptions {
-        max_concurrent_streams: http.and_then(|h| h.max_concurrent_streams).map(pb::u32v),
+        // 0 is Istio's "default" (Envoy's own limit); Envoy rejects 0 here.
+        max_concurrent_streams: http.and_then(|h| h.max_concurrent_streams).filter(|n| *n > 0).map(pb::u32v),
         ..Default::default()
     };
     let common = CommonHttp {
@@ -886,5 +895,42 @@ mod tests {
         for (proto, pool, want) in cases {
             assert_eq!(h2(http_protocol_options(&proto, pool)), want, "{proto:?}");
         }
+    }
+
+    #[test]
+    fn zero_pool_limits_keep_the_defaults() {
+        // Istio reads 0 as "not set"; Envoy rejects max_concurrent_streams 0 outright.
+        let zero = ConnectionPool {
+            tcp: Some(weft_istio::TcpSettings { max_connections: Some(0), ..Default::default() }),
+            http: Some(HttpSettings {
+                http1_max_pending_requests: Some(0),
+                http2_max_requests: Some(0),
+                max_retries: Some(0),
+                max_concurrent_streams: Some(0),
+                use_client_protocol: true,
+                ..Default::default()
+            }),
+        };
+        let mut c = base_cluster("c");
+        apply_connection_pool(&mut c, Some(&zero), &Protocol::Http);
+        let t = &c.circuit_breakers.as_ref().unwrap().thresholds[0];
+        let want = Some(pb::u32v(u32::MAX));
+        assert_eq!(
+            [&t.max_connections, &t.max_pending_requests, &t.max_requests, &t.max_retries],
+            [&want, &want, &want, &want]
+        );
+        let opts = http_protocol_options(&Protocol::Http, Some(&zero)).unwrap();
+        let Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(d)) = opts.upstream_protocol_options else {
+            panic!("useClientProtocol: {opts:?}");
+        };
+        assert_eq!(d.http2_protocol_options.unwrap().max_concurrent_streams, None);
+
+        let one = ConnectionPool {
+            tcp: Some(weft_istio::TcpSettings { max_connections: Some(1), ..Default::default() }),
+            http: Some(HttpSettings { max_concurrent_streams: Some(1), ..Default::default() }),
+        };
+        let mut c = base_cluster("c");
+        apply_connection_pool(&mut c, Some(&one), &Protocol::Http2);
+        assert_eq!(c.circuit_breakers.unwrap().thresholds[0].max_connections, Some(pb::u32v(1)));
     }
 }

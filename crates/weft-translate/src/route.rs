@@ -17,7 +17,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     route::Action,
     route_action::{self, hash_policy, ClusterSpecifier, HashPolicy, HostRewriteSpecifier, RequestMirrorPolicy},
     route_match::PathSpecifier,
-    weighted_cluster::ClusterWeight,
+    weighted_cluster::{cluster_weight, ClusterWeight},
     DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route, RouteAction,
     RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
 };
@@ -270,7 +270,10 @@ pub fn destination_cluster(
 
 fn http_route(scope: &Scope, vs: &VsEntry, port: u16, h: &HttpRoute, m: Option<&HttpMatch>) -> Option<Route> {
     let mut route = Route { name: route_name(h, m), r#match: Some(route_match(m)), ..Default::default() };
-    add_header_ops(&mut route.request_headers_to_add, &mut route.request_headers_to_remove, &h.headers.request);
+    // The authority set by the route's header operations: a host rewrite where the route forwards
+    // (redirects and direct responses have no upstream request to rewrite).
+    let route_authority =
+        add_header_ops(&mut route.request_headers_to_add, &mut route.request_headers_to_remove, &h.headers.request);
     add_header_ops(&mut route.response_headers_to_add, &mut route.response_headers_to_remove, &h.headers.response);
     match &h.action {
         HttpAction::Delegate { .. } => return None,
@@ -333,13 +336,17 @@ fn http_route(scope: &Scope, vs: &VsEntry, port: u16, h: &HttpRoute, m: Option<&
                 hash_policy: hash,
                 ..Default::default()
             };
+            // Istio's precedence: the route's headers, then `rewrite.authority`, then the headers
+            // of a lone destination.
+            let mut authority = h.rewrite.as_ref().and_then(|rw| rw.authority.clone()).or(route_authority);
             if let [only] = dests.as_slice() {
                 action.cluster_specifier = Some(ClusterSpecifier::Cluster(resolved[0].0.clone()));
-                add_header_ops(
+                let dest_authority = add_header_ops(
                     &mut route.request_headers_to_add,
                     &mut route.request_headers_to_remove,
                     &only.headers.request,
                 );
+                authority = dest_authority.or(authority);
                 add_header_ops(
                     &mut route.response_headers_to_add,
                     &mut route.response_headers_to_remove,
@@ -359,11 +366,13 @@ fn http_route(scope: &Scope, vs: &VsEntry, port: u16, h: &HttpRoute, m: Option<&
                             weight: Some(pb::u32v(d.weight)),
                             ..Default::default()
                         };
-                        add_header_ops(
+                        let dest_authority = add_header_ops(
                             &mut cw.request_headers_to_add,
                             &mut cw.request_headers_to_remove,
                             &d.headers.request,
                         );
+                        cw.host_rewrite_specifier =
+                            dest_authority.map(cluster_weight::HostRewriteSpecifier::HostRewriteLiteral);
                         add_header_ops(
                             &mut cw.response_headers_to_add,
                             &mut cw.response_headers_to_remove,
@@ -385,10 +394,8 @@ fn http_route(scope: &Scope, vs: &VsEntry, port: u16, h: &HttpRoute, m: Option<&
                         substitution: re.rewrite.clone(),
                     });
                 }
-                if let Some(a) = &rw.authority {
-                    action.host_rewrite_specifier = Some(HostRewriteSpecifier::HostRewriteLiteral(a.clone()));
-                }
             }
+            action.host_rewrite_specifier = authority.map(HostRewriteSpecifier::HostRewriteLiteral);
             action.request_mirror_policies = h
                 .mirrors
                 .iter()
@@ -483,19 +490,38 @@ pub fn route_match(m: Option<&HttpMatch>) -> RouteMatch {
     out
 }
 
-fn add_header_ops(add: &mut Vec<HeaderValueOption>, remove: &mut Vec<String>, ops: &HeaderOperations) {
+/// Adds Istio's header operations to an Envoy route or weighted cluster. Envoy refuses to change
+/// `:authority`/`host` through header operations, so (as Istio does) a request operation on the
+/// authority is not added; its value is returned for the caller to apply as a host rewrite.
+fn add_header_ops(
+    add: &mut Vec<HeaderValueOption>,
+    remove: &mut Vec<String>,
+    ops: &HeaderOperations,
+) -> Option<String> {
     let header = |k: &str, v: &str, action: HeaderAppendAction| HeaderValueOption {
         header: Some(HeaderValue { key: k.to_string(), value: v.to_string(), ..Default::default() }),
         append_action: action as i32,
         ..Default::default()
     };
-    for (k, v) in &ops.set {
-        add.push(header(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd));
-    }
-    for (k, v) in &ops.add {
-        add.push(header(k, v, HeaderAppendAction::AppendIfExistsOrAdd));
+    let mut authority = None;
+    let ops_in_order = ops
+        .set
+        .iter()
+        .map(|(k, v)| (k, v, HeaderAppendAction::OverwriteIfExistsOrAdd))
+        .chain(ops.add.iter().map(|(k, v)| (k, v, HeaderAppendAction::AppendIfExistsOrAdd)));
+    for (k, v, action) in ops_in_order {
+        if is_authority(k) {
+            authority = Some(v.clone());
+        } else {
+            add.push(header(k, v, action));
+        }
     }
     remove.extend(ops.remove.iter().cloned());
+    authority
+}
+
+fn is_authority(name: &str) -> bool {
+    name.eq_ignore_ascii_case(":authority") || name.eq_ignore_ascii_case("host")
 }
 
 /// Istio's HTTPFaultInjection as the fault filter's per-route config (percentages in parts

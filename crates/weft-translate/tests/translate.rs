@@ -505,3 +505,118 @@ spec:
         assert!(!got.contains("virtualInbound"), "{got:?}");
     }
 }
+
+#[test]
+fn authority_header_operations_become_host_rewrites() {
+    // Envoy refuses header operations on `:authority`/`host` (found by tests/envoy_validate.rs):
+    // Istio turns them into host rewrites, the destination's over `rewrite.authority` over the
+    // route's own.
+    use weft_xds::envoy_types::pb::envoy::config::route::v3::{
+        route_action::HostRewriteSpecifier, weighted_cluster::cluster_weight,
+    };
+    let yaml = format!(
+        "{SERVICES}---\n{}",
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a, namespace: ns1}
+spec:
+  hosts: [a]
+  http:
+  - match: [{uri: {prefix: /route}}]
+    headers: {request: {set: {":authority": route.example.com, x-kept: "1"}}}
+    route: [{destination: {host: a}}]
+  - match: [{uri: {prefix: /rewrite}}]
+    headers: {request: {set: {host: route.example.com}}}
+    rewrite: {authority: rewrite.example.com}
+    route: [{destination: {host: a}}]
+  - match: [{uri: {prefix: /dest}}]
+    rewrite: {authority: rewrite.example.com}
+    route: [{destination: {host: a}, headers: {request: {add: {Host: dest.example.com}}}}]
+  - match: [{uri: {prefix: /split}}]
+    headers: {request: {set: {":authority": route.example.com}}}
+    route:
+    - {destination: {host: a, subset: v1}, weight: 50, headers: {request: {set: {":authority": v1.example.com}}}}
+    - {destination: {host: a, subset: v2}, weight: 50}
+  - headers: {request: {set: {":authority": route.example.com}}}
+    redirect: {uri: /moved}
+"#
+    );
+    let (m, _) = mesh(&yaml);
+    let rc = route_config(&m.generate(&node("ns1", &[])), "80");
+    let vh = rc.virtual_hosts.iter().find(|v| v.domains.iter().any(|d| d == "a.ns1.svc.cluster.local")).unwrap();
+    for r in &vh.routes {
+        for h in r.request_headers_to_add.iter().filter_map(|h| h.header.as_ref()) {
+            assert!(!h.key.starts_with(':') && !h.key.eq_ignore_ascii_case("host"), "{h:?} in {}", r.name);
+        }
+    }
+    let rewrite = |i: usize| match &vh.routes[i].action {
+        Some(Action::Route(a)) => match &a.host_rewrite_specifier {
+            Some(HostRewriteSpecifier::HostRewriteLiteral(h)) => h.clone(),
+            other => format!("{other:?}"),
+        },
+        other => panic!("route {i}: {other:?}"),
+    };
+    assert_eq!(rewrite(0), "route.example.com");
+    assert_eq!(vh.routes[0].request_headers_to_add.len(), 1, "x-kept stays a header operation");
+    assert_eq!(rewrite(1), "rewrite.example.com");
+    assert_eq!(rewrite(2), "dest.example.com");
+    assert_eq!(rewrite(3), "route.example.com");
+    let Some(Action::Route(split)) = &vh.routes[3].action else { panic!() };
+    let Some(ClusterSpecifier::WeightedClusters(w)) = &split.cluster_specifier else { panic!() };
+    assert_eq!(
+        w.clusters[0].host_rewrite_specifier,
+        Some(cluster_weight::HostRewriteSpecifier::HostRewriteLiteral("v1.example.com".into()))
+    );
+    assert_eq!(w.clusters[1].host_rewrite_specifier, None);
+    assert!(matches!(vh.routes[4].action, Some(Action::Redirect(_))));
+}
+
+#[test]
+fn dns_subsets_without_endpoints_have_no_cluster() {
+    // Envoy rejects a LOGICAL_DNS cluster without exactly one endpoint (found by
+    // tests/envoy_validate.rs); Istio leaves such subset clusters of DNS services out.
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: ns1}
+spec:
+  hosts: [db.example.com]
+  resolution: DNS_ROUND_ROBIN
+  ports: [{number: 5432, name: tcp}]
+  endpoints: [{address: db-1.example.com, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: ns1}
+spec:
+  hosts: [api.example.com]
+  resolution: DNS
+  ports: [{number: 80, name: http}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: ns1}
+spec:
+  host: db.example.com
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: ns1}
+spec:
+  host: api.example.com
+  subsets: [{name: v1, labels: {version: v1}}]
+"#;
+    let (m, _) = mesh(yaml);
+    let clusters = names(&m.generate(&node("ns1", &[])), type_url::CLUSTER);
+    for (name, present) in [
+        ("outbound|5432||db.example.com", true),
+        ("outbound|5432|v1|db.example.com", true),
+        ("outbound|5432|v2|db.example.com", false),
+        // A DNS service without endpoints resolves its own host, but its subsets select nothing.
+        ("outbound|80||api.example.com", true),
+        ("outbound|80|v1|api.example.com", false),
+    ] {
+        assert_eq!(clusters.contains(name), present, "{name} in {clusters:?}");
+    }
+}
