@@ -28,6 +28,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use prost::{Message, Name};
 use weft_ads::{AdsOptions, Protocol, Source};
+use weft_test::envoy::{AdsApi, AdsBootstrap};
 use weft_xds::{NodeInfo, Resource, ResourceSet};
 
 fn any<M: Message + Name>(m: &M) -> Any {
@@ -135,40 +136,14 @@ impl Source for EnvoyMesh {
 }
 
 fn bootstrap(node_id: &str, ads_port: u16, protocol: Protocol) -> String {
-    let api_type = match protocol {
-        Protocol::Sotw => "GRPC",
-        Protocol::Delta => "DELTA_GRPC",
+    let api = match protocol {
+        Protocol::Sotw => AdsApi::Sotw,
+        Protocol::Delta => AdsApi::Delta,
     };
-    format!(
-        r#"
-node:
-  id: "{node_id}"
-  cluster: shop
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services:
-    - envoy_grpc: {{ cluster_name: xds }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ads_port} }} }} }}
-"#
-    )
+    AdsBootstrap::new(node_id, std::net::SocketAddr::from(([127, 0, 0, 1], ads_port)))
+        .cluster("shop")
+        .api(api)
+        .to_yaml()
 }
 
 async fn envoy_acks_everything_and_its_nack_is_recorded(protocol: Protocol) {

@@ -17,6 +17,7 @@ use std::time::Duration;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use weft_test::envoy::AdsBootstrap;
 use weft_test::tools::require_tool;
 use weft_test::{wait_for, HttpBackend, WeftProcess};
 
@@ -151,41 +152,14 @@ async fn start_weft_proxy(
 }
 
 fn envoy_bootstrap(xds: SocketAddr, proxy_port: u16) -> String {
-    format!(
-        r#"
-node:
-  id: "sidecar~127.0.0.8~web-envoy.shop~shop.svc.cluster.local"
-  cluster: web
-  metadata:
-    NAMESPACE: shop
-    LABELS: {{ app: web, proxy: envoy }}
-    HTTP_PROXY_PORT: "{proxy_port}"
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}
-dynamic_resources:
-  ads_config:
-    api_type: DELTA_GRPC
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}
-"#,
-        port = xds.port()
-    )
+    AdsBootstrap::new("sidecar~127.0.0.8~web-envoy.shop~shop.svc.cluster.local", xds)
+        .cluster("web")
+        .namespace("shop")
+        .label("app", "web")
+        .label("proxy", "envoy")
+        .metadata("HTTP_PROXY_PORT", &proxy_port.to_string())
+        .admin()
+        .to_yaml()
 }
 
 fn curl() -> Command {

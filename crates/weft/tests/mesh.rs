@@ -14,6 +14,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
+use weft_test::envoy::AdsBootstrap;
 use weft_test::{http_request, wait_for, HttpBackend, HttpVersion, WeftProcess};
 
 /// Control plane with its store in `data_dir`, xDS on `xds` (port 0: ephemeral).
@@ -145,40 +146,13 @@ spec:
 }
 
 fn envoy_bootstrap(xds: std::net::SocketAddr) -> String {
-    format!(
-        r#"
-node:
-  id: "sidecar~127.0.0.8~frontend-envoy.shop~shop.svc.cluster.local"
-  cluster: frontend
-  metadata:
-    NAMESPACE: shop
-    LABELS: {{ app: frontend, proxy: envoy }}
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}
-dynamic_resources:
-  ads_config:
-    api_type: DELTA_GRPC
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}
-"#,
-        port = xds.port()
-    )
+    AdsBootstrap::new("sidecar~127.0.0.8~frontend-envoy.shop~shop.svc.cluster.local", xds)
+        .cluster("frontend")
+        .namespace("shop")
+        .label("app", "frontend")
+        .label("proxy", "envoy")
+        .admin()
+        .to_yaml()
 }
 
 /// What a request's outcome is made of, compared between the two proxies.
