@@ -12,8 +12,9 @@
 //! Dropping a [`Netns`] (also when the test panics) kills every process still running inside it,
 //! deletes the namespace and its `/etc/netns/NAME` directory.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -145,6 +146,65 @@ impl Netns {
         path
     }
 
+    /// Starts `args` (program first) inside the namespace in the background, with no input and
+    /// output discarded; it is killed when the returned guard drops.
+    pub fn spawn(&self, args: &[&str]) -> Background {
+        self.spawn_with_stderr(args, Stdio::null())
+    }
+
+    /// [`Netns::spawn`] with stderr going where the caller says (a log file, say).
+    pub fn spawn_with_stderr(&self, args: &[&str], stderr: Stdio) -> Background {
+        let mut cmd = self.command(args[0]);
+        cmd.args(&args[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        Background(cmd.spawn().unwrap_or_else(|e| panic!("spawn {args:?} in {}: {e}", self.name)))
+    }
+
+    /// The namespace's packet rules and routes as text, for before/after comparisons:
+    /// `iptables-save`, `nft list ruleset` (each when installed) and the IPv4 routes of every
+    /// table; with `ipv6`, also `ip6tables-save` and the IPv6 routes. Comment lines and packet
+    /// counters, which change with traffic and time, are left out.
+    pub fn rules_and_routes(&self, ipv6: bool) -> String {
+        let mut cmds: Vec<&[&str]> = Vec::new();
+        if crate::tools::find_on_path("iptables-save").is_some() {
+            cmds.push(&["iptables-save"]);
+        }
+        if ipv6 && crate::tools::find_on_path("ip6tables-save").is_some() {
+            cmds.push(&["ip6tables-save"]);
+        }
+        if crate::tools::find_on_path("nft").is_some() {
+            cmds.push(&["nft", "list", "ruleset"]);
+        }
+        cmds.push(&["ip", "-4", "route", "show", "table", "all"]);
+        if ipv6 {
+            cmds.push(&["ip", "-6", "route", "show", "table", "all"]);
+        }
+        let mut s = String::new();
+        for args in cmds {
+            let out = self.must(args);
+            s.push_str(&format!("==== {}\n{}", args.join(" "), without_counters(&out.stdout)));
+        }
+        s
+    }
+
+    /// One HTTP exchange by `curl -i` inside the namespace (as `uid` when given, through
+    /// `setpriv`), with a 5 s limit; `extra` goes before the URL.
+    pub fn curl(&self, uid: Option<&str>, url: &str, extra: &[&str]) -> CurlReply {
+        let mut cmd = match uid {
+            Some(uid) => {
+                let mut c = self.command("setpriv");
+                c.args([&format!("--reuid={uid}"), &format!("--regid={uid}"), "--clear-groups", "curl"]);
+                c
+            }
+            None => self.command("curl"),
+        };
+        cmd.args(["-sS", "-i", "-m", "5", "--connect-timeout", "3"]).args(extra).arg(url);
+        let out = run_command(cmd, Duration::from_secs(20));
+        if !out.success() {
+            return CurlReply { error: out.stderr, ..Default::default() };
+        }
+        CurlReply::parse(&out.stdout)
+    }
+
     /// Pids of the processes inside the namespace.
     pub fn pids(&self) -> Vec<i32> {
         let mut cmd = Command::new("ip");
@@ -239,5 +299,107 @@ pub fn bridge(switch: &Netns, hosts: &[(&Netns, &str)]) {
         }
         host.must(&args);
         host.must(&["ip", "link", "set", "veth0", "up"]);
+    }
+}
+
+/// A process started with [`Netns::spawn`]; killed and reaped on drop.
+pub struct Background(Child);
+
+impl Background {
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What [`Netns::curl`] got: status 0 and curl's message in `error` when the exchange failed.
+#[derive(Clone, Debug, Default)]
+pub struct CurlReply {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+    pub error: String,
+}
+
+impl CurlReply {
+    fn parse(text: &str) -> CurlReply {
+        let text = text.replace("\r\n", "\n");
+        let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        CurlReply { status, headers, body: body.to_string(), error: String::new() }
+    }
+
+    /// A header's value, empty when absent.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(String::as_str).unwrap_or("")
+    }
+}
+
+/// Drops comment lines and packet/byte counters (`iptables-save`'s `:CHAIN POLICY [p:b]`,
+/// nft's `counter packets P bytes B`) from rule listings.
+pub fn without_counters(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with('#') {
+            continue;
+        }
+        let mut line = line.to_string();
+        if line.starts_with(':') {
+            if let Some(at) = line.find(" [") {
+                line.truncate(at);
+            }
+        }
+        while let Some(at) = line.find("counter packets ") {
+            let rest = &line[at + "counter packets ".len()..];
+            let words: Vec<&str> = rest.splitn(4, ' ').collect();
+            let tail = if words.len() == 4 { format!(" {}", words[3]) } else { String::new() };
+            line = format!("{}counter{tail}", &line[..at]);
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Polls `f` every 50 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_comments_are_dropped() {
+        let text = "# Generated by iptables-save\n:OUTPUT ACCEPT [12:720]\n-A OUTPUT -j WEFT\n\
+                    \t\tip daddr 240.240.0.0/16 counter packets 3 bytes 180 redirect to :15001\n";
+        assert_eq!(
+            without_counters(text),
+            ":OUTPUT ACCEPT\n-A OUTPUT -j WEFT\n\t\tip daddr 240.240.0.0/16 counter redirect to :15001\n"
+        );
+    }
+
+    #[test]
+    fn a_curl_reply_is_parsed() {
+        let r = CurlReply::parse("HTTP/1.1 200 OK\r\nX-Backend: b\r\ncontent-length: 2\r\n\r\nok");
+        assert_eq!((r.status, r.header("x-backend"), r.body.as_str()), (200, "b", "ok"));
+        assert_eq!(CurlReply::parse("garbage").status, 0);
     }
 }

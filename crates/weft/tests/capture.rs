@@ -14,17 +14,18 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::WEFT;
-use weft_test::netns::{self, Netns, Output};
+use common::{netns_backend, WEFT};
+use weft_test::netns::{self, wait_until, Background, Netns, Output};
 use weft_test::tools::{require_root, require_tool};
 use weft_test::WeftProcess;
 
 /// The proxy's uid (the default `--proxy-uid`).
 const PROXY_UID: &str = "1337";
+/// Longest a process in a namespace may take to answer.
+const WAIT: Duration = Duration::from_secs(15);
 /// A uid standing for a non-mesh service (`--exclude-uid`).
 const OTHER_UID: &str = "2000";
 
@@ -48,49 +49,6 @@ fn capture(ns: &Netns, args: &[&str]) -> Output {
 fn capture_ok(ns: &Netns, args: &[&str]) -> Output {
     let out = capture(ns, args);
     assert!(out.success(), "weft capture {} failed ({}):\n{}{}", args.join(" "), out.status, out.stdout, out.stderr);
-    out
-}
-
-/// Everything the capture may touch, as text without comments and counters.
-fn snapshot(ns: &Netns) -> String {
-    let mut s = String::new();
-    for args in [
-        &["iptables-save"][..],
-        &["ip6tables-save"],
-        &["nft", "list", "ruleset"],
-        &["ip", "-4", "route", "show", "table", "all"],
-        &["ip", "-6", "route", "show", "table", "all"],
-    ] {
-        let out = ns.must(args);
-        s.push_str(&format!("==== {}\n{}", args.join(" "), normalize(&out.stdout)));
-    }
-    s
-}
-
-/// Drops comment lines and packet/byte counters, which change with traffic and time.
-fn normalize(text: &str) -> String {
-    let mut out = String::new();
-    for line in text.lines() {
-        if line.trim_start().starts_with('#') {
-            continue;
-        }
-        let mut line = line.to_string();
-        // iptables-save: `:OUTPUT ACCEPT [12:720]`
-        if line.starts_with(':') {
-            if let Some(at) = line.find(" [") {
-                line.truncate(at);
-            }
-        }
-        // nft: `counter packets 3 bytes 180`
-        while let Some(at) = line.find("counter packets ") {
-            let rest = &line[at + "counter packets ".len()..];
-            let words: Vec<&str> = rest.splitn(4, ' ').collect();
-            let tail = if words.len() == 4 { format!(" {}", words[3]) } else { String::new() };
-            line = format!("{}counter{tail}", &line[..at]);
-        }
-        out.push_str(&line);
-        out.push('\n');
-    }
     out
 }
 
@@ -224,7 +182,7 @@ fn strs(v: &[String]) -> Vec<&str> {
 /// Install twice, check status, uninstall: the snapshot after the second install equals the one
 /// after the first, and after uninstall equals the one before.
 fn roundtrip(ns: &Netns, mode: &str, extra: &[&'static str]) {
-    let before = snapshot(ns);
+    let before = ns.rules_and_routes(true);
     let st = capture(ns, &["status"]);
     assert_eq!(st.status.code(), Some(3), "status before install: {}{}", st.stdout, st.stderr);
     assert!(st.stdout.contains("capture: not installed"), "{}", st.stdout);
@@ -232,7 +190,7 @@ fn roundtrip(ns: &Netns, mode: &str, extra: &[&'static str]) {
     let args = install_args(mode, extra);
     let out = capture_ok(ns, &strs(&args));
     assert!(out.stdout.contains(&format!("capture installed ({mode}")), "{}", out.stdout);
-    let first = snapshot(ns);
+    let first = ns.rules_and_routes(true);
     assert_ne!(first, before, "{mode}: install changed nothing");
     let st = capture_ok(ns, &["status"]);
     assert!(st.stdout.contains(&format!("mode: {mode}")), "{}", st.stdout);
@@ -240,11 +198,11 @@ fn roundtrip(ns: &Netns, mode: &str, extra: &[&'static str]) {
 
     let out = capture_ok(ns, &strs(&args));
     assert!(out.stdout.contains(&format!("capture replaced ({mode}")), "{}", out.stdout);
-    assert_eq!(snapshot(ns), first, "{mode}: a second install changed the rules");
+    assert_eq!(ns.rules_and_routes(true), first, "{mode}: a second install changed the rules");
 
     let out = capture_ok(ns, &["uninstall"]);
     assert!(out.stdout.contains("removed: route local 240.240.0.0/16"), "{}", out.stdout);
-    assert_eq!(snapshot(ns), before, "{mode}: uninstall did not restore the rules exactly");
+    assert_eq!(ns.rules_and_routes(true), before, "{mode}: uninstall did not restore the rules exactly");
     let st = capture(ns, &["status"]);
     assert_eq!(st.status.code(), Some(3), "status after uninstall: {}", st.stdout);
     let out = capture_ok(ns, &["uninstall"]);
@@ -285,7 +243,7 @@ fn switching_modes_replaces_the_other_modes_rules() {
     }
     let ns = Netns::new("cap-switch");
     add_host_rules(&ns);
-    let before = snapshot(&ns);
+    let before = ns.rules_and_routes(true);
     capture_ok(&ns, &strs(&install_args("iptables", &[])));
     capture_ok(&ns, &strs(&install_args("nftables", &[])));
     let st = capture_ok(&ns, &["status"]);
@@ -296,7 +254,7 @@ fn switching_modes_replaces_the_other_modes_rules() {
     assert!(!st.stdout.contains("mode: nftables"), "nftables table left behind:\n{}", st.stdout);
     assert!(st.stdout.contains("route: none"), "a route no longer wanted was kept:\n{}", st.stdout);
     capture_ok(&ns, &["uninstall"]);
-    assert_eq!(snapshot(&ns), before);
+    assert_eq!(ns.rules_and_routes(true), before);
 }
 
 // ---- failures change nothing ---------------------------------------------------------------------
@@ -331,7 +289,7 @@ fn missing_tools_are_named_and_nothing_is_installed() {
     }
     let ns = Netns::new("cap-missing");
     add_host_rules(&ns);
-    let before = snapshot(&ns);
+    let before = ns.rules_and_routes(true);
     let only_ip = tool_dir(&["ip"]);
     let cases: [(&str, &str); 3] = [
         ("iptables", "iptables-save not found on PATH (install the iptables package); nothing was changed"),
@@ -342,13 +300,13 @@ fn missing_tools_are_named_and_nothing_is_installed() {
         let out = capture_with_path(&ns, only_ip.path(), &["install", "--mode", mode, "--inbound-ports", "9080"]);
         assert_eq!(out.status.code(), Some(1), "{mode}: {}{}", out.stdout, out.stderr);
         assert!(out.stderr.contains(want), "{mode}: want {want:?} in {}", out.stderr);
-        assert_eq!(snapshot(&ns), before, "{mode}: a failed install changed something");
+        assert_eq!(ns.rules_and_routes(true), before, "{mode}: a failed install changed something");
     }
     // Without `ip`, a VIP route cannot be added: refused before any rule is written.
     let no_ip = tool_dir(&["nft"]);
     let out = capture_with_path(&ns, no_ip.path(), &["install", "--mode", "nftables"]);
     assert!(out.stderr.contains("ip not found on PATH (install the iproute2 package)"), "{}", out.stderr);
-    assert_eq!(snapshot(&ns), before);
+    assert_eq!(ns.rules_and_routes(true), before);
 }
 
 #[test]
@@ -357,7 +315,7 @@ fn without_cap_net_admin_nothing_is_installed() {
         return;
     }
     let ns = Netns::new("cap-nopriv");
-    let before = snapshot(&ns);
+    let before = ns.rules_and_routes(true);
     for args in [&["install", "--mode", "iptables"][..], &["install"], &["uninstall"], &["status"]] {
         let mut cmd = ns.command("setpriv");
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", WEFT, "capture"]).args(args);
@@ -365,7 +323,7 @@ fn without_cap_net_admin_nothing_is_installed() {
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}{}", out.stdout, out.stderr);
         assert!(out.stderr.contains("needs CAP_NET_ADMIN (run as root)"), "{args:?}: {}", out.stderr);
     }
-    assert_eq!(snapshot(&ns), before);
+    assert_eq!(ns.rules_and_routes(true), before);
 }
 
 #[test]
@@ -375,7 +333,7 @@ fn a_failed_install_leaves_the_previous_state() {
     }
     let ns = Netns::new("cap-fail");
     add_host_rules(&ns);
-    let before = snapshot(&ns);
+    let before = ns.rules_and_routes(true);
     let tools = ["ip", "iptables-save", "ip6tables-save", "ip6tables-restore", "nft"];
 
     // The rules cannot be written: the route added for them is taken back.
@@ -385,7 +343,7 @@ fn a_failed_install_leaves_the_previous_state() {
     assert_eq!(out.status.code(), Some(1), "{}{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("capture was not installed"), "{}", out.stderr);
     assert!(out.stderr.contains("line 3 failed"), "{}", out.stderr);
-    assert_eq!(snapshot(&ns), before, "the failed install left something behind");
+    assert_eq!(ns.rules_and_routes(true), before, "the failed install left something behind");
 
     // The IPv6 half fails after the IPv4 half was written: the IPv4 half is taken back, to
     // nothing on a first install, and to the previous install on a second one.
@@ -394,86 +352,18 @@ fn a_failed_install_leaves_the_previous_state() {
     let v6 = ["install", "--mode", "iptables", "--ipv6", "--inbound-ports", "9090"];
     let out = capture_with_path(&ns, dir.path(), &v6);
     assert!(out.stderr.contains("no IPv6 nat here"), "{}", out.stderr);
-    assert_eq!(snapshot(&ns), before, "the IPv4 half of a failed install was left behind");
+    assert_eq!(ns.rules_and_routes(true), before, "the IPv4 half of a failed install was left behind");
 
     capture_ok(&ns, &["install", "--mode", "iptables", "--inbound-ports", "9080"]);
-    let installed = snapshot(&ns);
+    let installed = ns.rules_and_routes(true);
     let out = capture_with_path(&ns, dir.path(), &v6);
     assert_eq!(out.status.code(), Some(1), "{}{}", out.stdout, out.stderr);
-    assert_eq!(snapshot(&ns), installed, "a failed re-install did not put the previous rules back");
+    assert_eq!(ns.rules_and_routes(true), installed, "a failed re-install did not put the previous rules back");
     capture_ok(&ns, &["uninstall"]);
-    assert_eq!(snapshot(&ns), before);
+    assert_eq!(ns.rules_and_routes(true), before);
 }
 
 // ---- real traffic ----------------------------------------------------------------------------------
-
-/// A background process in a namespace, killed when dropped.
-struct Bg(Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_in(ns: &Netns, args: &[&str]) -> Bg {
-    let mut cmd = ns.command(args[0]);
-    cmd.args(&args[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    Bg(cmd.spawn().unwrap_or_else(|e| panic!("spawn {args:?} in {}: {e}", ns.name())))
-}
-
-/// `weft demo-backend` on `listen` inside `ns`, answered once it serves.
-fn backend(ns: &Netns, listen: &str, name: &str) -> Bg {
-    let bg = spawn_in(ns, &[WEFT, "demo-backend", "--listen", listen, "--name", name]);
-    let url = format!("http://{}/", listen.replace("0.0.0.0", "127.0.0.1"));
-    wait_until(ns, &format!("backend {name}"), || curl(ns, None, &url, &[]).status == 200);
-    bg
-}
-
-fn wait_until(ns: &Netns, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !f() {
-        assert!(Instant::now() < deadline, "{what} not ready in netns {} within 15 s", ns.name());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// One HTTP exchange by curl inside `ns`, as `uid` when given.
-struct Reply {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: String,
-    error: String,
-}
-
-fn curl(ns: &Netns, uid: Option<&str>, url: &str, extra: &[&str]) -> Reply {
-    let mut cmd = match uid {
-        Some(uid) => {
-            let mut c = ns.command("setpriv");
-            c.args([&format!("--reuid={uid}"), &format!("--regid={uid}"), "--clear-groups", "curl"]);
-            c
-        }
-        None => ns.command("curl"),
-    };
-    cmd.args(["-sS", "-i", "-m", "5", "--connect-timeout", "3"]).args(extra).arg(url);
-    let out = netns::run_command(cmd, Duration::from_secs(20));
-    let mut reply = Reply { status: 0, headers: BTreeMap::new(), body: String::new(), error: out.stderr.clone() };
-    if !out.success() {
-        return reply;
-    }
-    let text = out.stdout.replace("\r\n", "\n");
-    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    reply.status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':') {
-            reply.headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
-    reply.body = body.to_string();
-    reply
-}
 
 /// How connect() to `ip:port` from inside `ns` (as `uid`) fails, by bash's `/dev/tcp`:
 /// `None` when it connects.
@@ -496,7 +386,7 @@ fn connect_error(ns: &Netns, uid: Option<&str>, ip: &str, port: u16) -> Option<S
 
 /// A stat of the proxy in `ns` (admin on 127.0.0.1:15000 there).
 fn stat(ns: &Netns, name: &str) -> u64 {
-    let r = curl(ns, None, "http://127.0.0.1:15000/stats", &[]);
+    let r = ns.curl(None, "http://127.0.0.1:15000/stats", &[]);
     assert_eq!(r.status, 200, "admin /stats in {}: {}", ns.name(), r.error);
     r.body
         .lines()
@@ -596,10 +486,10 @@ fn hosts(tag: &str) -> Hosts {
 
 async fn captured_traffic_flows_through_the_proxy(mode: &str) {
     let Hosts { h, p } = hosts(&format!("cap-{}", &mode[..3]));
-    let _reviews = backend(&p, "0.0.0.0:8080", "reviews");
-    let _direct = backend(&p, "0.0.0.0:9999", "direct");
-    let _app = backend(&h, "0.0.0.0:9080", "app");
-    let _other = backend(&h, "0.0.0.0:9081", "other");
+    let _reviews = netns_backend(&p, "0.0.0.0:8080", "reviews");
+    let _direct = netns_backend(&p, "0.0.0.0:9999", "direct");
+    let _app = netns_backend(&h, "0.0.0.0:9080", "app");
+    let _other = netns_backend(&h, "0.0.0.0:9081", "other");
     let _proxy = start_as_proxy_uid(&h, "sidecar.yaml", &sidecar_yaml(), &["proxy", "--concurrency", "1"]).await;
 
     // Without capture (and without a default route) a VIP is unreachable.
@@ -626,7 +516,7 @@ async fn captured_traffic_flows_through_the_proxy(mode: &str) {
     // IPv4 and IPv6. The proxy's own upstream connection goes to port 8080, which is captured
     // for everyone else: had it been captured again, the request would loop.
     for url in ["http://240.240.0.10/hello", "http://[fd00:240::10]/hello"] {
-        let r = curl(&h, None, url, &[]);
+        let r = h.curl(None, url, &[]);
         assert_eq!(r.status, 200, "{url}: {}", r.error);
         assert_eq!(r.headers.get("x-weft-capture").map(String::as_str), Some("outbound"), "{url}");
         assert_eq!(r.headers.get("x-backend").map(String::as_str), Some("reviews"), "{url}");
@@ -637,16 +527,16 @@ async fn captured_traffic_flows_through_the_proxy(mode: &str) {
     // destination); a port that is not listed passes untouched.
     let passthrough = "cluster.passthrough.upstream_cx_total";
     let before = stat(&h, passthrough);
-    let r = curl(&h, None, "http://10.77.0.2:8080/", &[]);
+    let r = h.curl(None, "http://10.77.0.2:8080/", &[]);
     assert_eq!((r.status, r.headers.get("x-backend").map(String::as_str)), (200, Some("reviews")), "{}", r.error);
     assert_eq!(stat(&h, passthrough), before + 1, "port 8080 was not captured");
-    let r = curl(&h, None, "http://10.77.0.2:9999/", &[]);
+    let r = h.curl(None, "http://10.77.0.2:9999/", &[]);
     assert_eq!((r.status, r.headers.get("x-backend").map(String::as_str)), (200, Some("direct")), "{}", r.error);
     assert_eq!(stat(&h, passthrough), before + 1, "a port that is not listed was captured");
 
     // An excluded uid (a non-mesh process) passes untouched: port 8080 goes straight out, and
     // a VIP is refused at once by the local route instead of reaching the proxy.
-    let r = curl(&h, Some(OTHER_UID), "http://10.77.0.2:8080/", &[]);
+    let r = h.curl(Some(OTHER_UID), "http://10.77.0.2:8080/", &[]);
     assert_eq!(r.status, 200, "{}", r.error);
     assert_eq!(stat(&h, passthrough), before + 1, "an excluded uid was captured");
     let e = connect_error(&h, Some(OTHER_UID), "240.240.0.10", 80).expect("an excluded uid reached a VIP");
@@ -659,19 +549,19 @@ async fn captured_traffic_flows_through_the_proxy(mode: &str) {
         ("http://[fd00:77::1]:9080/in", Some("inbound")),
         ("http://10.77.0.1:9081/in", None),
     ] {
-        let r = curl(&p, None, url, &[]);
+        let r = p.curl(None, url, &[]);
         assert_eq!(r.status, 200, "{url}: {}", r.error);
         assert_eq!(r.headers.get("x-weft-capture").map(String::as_str), want, "{url}");
     }
     // Local clients of the app are not inbound traffic.
-    let r = curl(&h, None, "http://10.77.0.1:9080/", &[]);
+    let r = h.curl(None, "http://10.77.0.1:9080/", &[]);
     assert_eq!((r.status, r.headers.get("x-weft-capture")), (200, None), "{}", r.error);
 
     // After uninstall nothing is captured any more.
     capture_ok(&h, &["uninstall"]);
     let e = connect_error(&h, None, "240.240.0.10", 80).expect("a VIP answered after uninstall");
     assert!(e.contains("Network is unreachable"), "{e}");
-    let r = curl(&p, None, "http://10.77.0.1:9080/", &[]);
+    let r = p.curl(None, "http://10.77.0.1:9080/", &[]);
     assert_eq!((r.status, r.headers.get("x-weft-capture")), (200, None), "{}", r.error);
 }
 
@@ -740,9 +630,9 @@ async fn control_plane_config_serves_captured_traffic() {
     let out = netns::run_command(apply, Duration::from_secs(30));
     assert!(out.success(), "weft apply: {}{}", out.stdout, out.stderr);
 
-    let _direct = backend(&p, "0.0.0.0:9999", "direct");
-    let _reviews = backend(&p, "0.0.0.0:8080", "reviews");
-    let _app = backend(&h, "0.0.0.0:9080", "frontend");
+    let _direct = netns_backend(&p, "0.0.0.0:9999", "direct");
+    let _reviews = netns_backend(&p, "0.0.0.0:8080", "reviews");
+    let _app = netns_backend(&h, "0.0.0.0:9080", "frontend");
     let node = "sidecar~10.77.0.1~frontend-1.shop~shop.svc.cluster.local";
     let boot = "admin: { address: \"127.0.0.1:15000\" }\n";
     let _proxy = start_as_proxy_uid(
@@ -766,21 +656,21 @@ async fn control_plane_config_serves_captured_traffic() {
     let vip: String = detail[at..].chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
 
     // By VIP and by name (Host header): captured, routed by the control plane's routes to P.
-    let r = curl(&h, None, &format!("http://{vip}:9080/xds"), &[]);
+    let r = h.curl(None, &format!("http://{vip}:9080/xds"), &[]);
     assert_eq!(r.status, 200, "{vip}: {}", r.error);
     assert_eq!(r.headers.get("x-backend").map(String::as_str), Some("reviews"));
-    let r = curl(&h, None, &format!("http://{vip}:9080/xds"), &["-H", "Host: reviews.shop.svc.cluster.local"]);
+    let r = h.curl(None, &format!("http://{vip}:9080/xds"), &["-H", "Host: reviews.shop.svc.cluster.local"]);
     assert_eq!((r.status, r.headers.get("x-backend").map(String::as_str)), (200, Some("reviews")), "{}", r.error);
     assert!(stat(&h, "cluster.outbound|9080||reviews.shop.svc.cluster.local.upstream_rq_total") >= 2);
 
     // Inbound to the frontend's port goes through virtualInbound to the local app.
-    let r = curl(&p, None, "http://10.77.0.1:9080/in", &[]);
+    let r = p.curl(None, "http://10.77.0.1:9080/in", &[]);
     assert_eq!((r.status, r.headers.get("x-backend").map(String::as_str)), (200, Some("frontend")), "{}", r.error);
     assert!(stat(&h, "cluster.inbound|9080||.upstream_rq_total") >= 1, "inbound request did not pass the sidecar");
 
     // Port 9999 is captured but no service has it: ALLOW_ANY passes it through to the original
     // destination; a Sidecar with REGISTRY_ONLY sends it to the BlackHoleCluster instead.
-    let r = curl(&h, None, "http://10.77.0.2:9999/", &[]);
+    let r = h.curl(None, "http://10.77.0.2:9999/", &[]);
     assert_eq!((r.status, r.headers.get("x-backend").map(String::as_str)), (200, Some("direct")), "{}", r.error);
     assert_eq!(stat(&h, "cluster.PassthroughCluster.upstream_cx_total"), 1);
     let sidecar = data.path().join("sidecar.yaml");
@@ -794,12 +684,12 @@ async fn control_plane_config_serves_captured_traffic() {
     apply.args(["apply", "-f"]).arg(&sidecar).env("WEFT_SERVER", API);
     let out = netns::run_command(apply, Duration::from_secs(30));
     assert!(out.success(), "weft apply: {}{}", out.stdout, out.stderr);
-    wait_until(&h, "REGISTRY_ONLY", || curl(&h, None, "http://10.77.0.2:9999/", &[]).status != 200);
+    wait_until("REGISTRY_ONLY", WAIT, || h.curl(None, "http://10.77.0.2:9999/", &[]).status != 200);
     let passed = stat(&h, "cluster.PassthroughCluster.upstream_cx_total");
-    let r = curl(&h, None, "http://10.77.0.2:9999/", &[]);
+    let r = h.curl(None, "http://10.77.0.2:9999/", &[]);
     assert_ne!(r.status, 200, "REGISTRY_ONLY let traffic through");
     assert_eq!(stat(&h, "cluster.PassthroughCluster.upstream_cx_total"), passed);
-    let r = curl(&h, None, &format!("http://{vip}:9080/after"), &[]);
+    let r = h.curl(None, &format!("http://{vip}:9080/after"), &[]);
     assert_eq!((r.status, r.headers.get("x-backend").map(String::as_str)), (200, Some("reviews")), "{}", r.error);
 
     // The control plane is not captured: the CLI on H reaches its API directly.
@@ -813,26 +703,23 @@ async fn control_plane_config_serves_captured_traffic() {
 // ---- DNS capture -----------------------------------------------------------------------------------
 
 /// dnsmasq answering `reviews.mesh.test` with `answer`, on `listen:port` inside `ns`.
-fn dnsmasq(ns: &Netns, dir: &std::path::Path, listen: &str, port: u16, answer: &str) -> Bg {
+fn dnsmasq(ns: &Netns, dir: &std::path::Path, listen: &str, port: u16, answer: &str) -> Background {
     let pid_file = dir.join(format!("dnsmasq-{port}.pid"));
-    let bg = spawn_in(
-        ns,
-        &[
-            require_tool("dnsmasq").to_str().expect("dnsmasq path"),
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            &format!("--listen-address={listen}"),
-            &format!("--port={port}"),
-            &format!("--address=/reviews.mesh.test/{answer}"),
-            &format!("--pid-file={}", pid_file.display()),
-        ],
-    );
+    let bg = ns.spawn(&[
+        require_tool("dnsmasq").to_str().expect("dnsmasq path"),
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        &format!("--listen-address={listen}"),
+        &format!("--port={port}"),
+        &format!("--address=/reviews.mesh.test/{answer}"),
+        &format!("--pid-file={}", pid_file.display()),
+    ]);
     let server = format!("@{listen}");
     let port = port.to_string();
-    wait_until(ns, "dnsmasq", || dig(ns, None, &[&server, "-p", &port]) == answer);
+    wait_until("dnsmasq", WAIT, || dig(ns, None, &[&server, "-p", &port]) == answer);
     bg
 }
 

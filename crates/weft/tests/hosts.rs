@@ -19,11 +19,10 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::WEFT;
-use weft_test::netns::{self, Netns};
+use common::{curl_backend, netns_backend, WEFT};
+use weft_test::netns::{self, wait_until, Background, Netns};
 use weft_test::tools::{require_root, require_tool};
 use weft_test::WeftProcess;
 
@@ -49,47 +48,6 @@ fn prerequisites() -> bool {
         require_tool(tool);
     }
     true
-}
-
-/// A background process in a namespace, killed when dropped.
-struct Bg(Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_in(ns: &Netns, args: &[&str], stderr: Stdio) -> Bg {
-    let mut cmd = ns.command(args[0]);
-    cmd.args(&args[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
-    Bg(cmd.spawn().unwrap_or_else(|e| panic!("spawn {args:?} in {}: {e}", ns.name())))
-}
-
-fn wait(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// (status, x-backend) of one GET by curl inside `ns`; status 0 (and curl's error) when it failed.
-fn curl(ns: &Netns, url: &str) -> (u16, String) {
-    let mut cmd = ns.command("curl");
-    cmd.args(["-sS", "-i", "-m", "5", "--connect-timeout", "3", url]);
-    let out = netns::run_command(cmd, Duration::from_secs(20));
-    if !out.success() {
-        return (0, out.stderr);
-    }
-    let text = out.stdout.replace("\r\n", "\n");
-    let status = text.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok());
-    let backend = text
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-backend:").map(|v| v.trim().to_string()))
-        .unwrap_or_default();
-    (status.unwrap_or(0), backend)
 }
 
 /// The body of `GET url` inside `ns`; panics unless it succeeds.
@@ -120,26 +78,6 @@ fn dns_answers(ns: &Netns, result: &str) -> u64 {
     value(&text, &format!("weft_dns_answers_total{{result=\"{result}\"}}"))
 }
 
-/// Rules and routes of `ns`, without counters and comments.
-fn snapshot(ns: &Netns) -> String {
-    let mut s = String::new();
-    let cmds: [&[&str]; 3] =
-        [&["ip", "-4", "route", "show", "table", "all"], &["iptables-save"], &["nft", "list", "ruleset"]];
-    for args in cmds {
-        let out = ns.must(args);
-        s.push_str(&format!("==== {}\n", args.join(" ")));
-        for line in out.stdout.lines().filter(|l| !l.trim_start().starts_with('#')) {
-            let line = match (line.starts_with(':'), line.find(" [")) {
-                (true, Some(at)) => &line[..at],
-                _ => line,
-            };
-            s.push_str(line);
-            s.push('\n');
-        }
-    }
-    s
-}
-
 /// The control plane's registry: `(instance name, healthy)` of every instance.
 fn instances(cp: &Netns) -> Vec<(String, bool)> {
     let text = get(cp, &format!("http://{API}/v1/instances"));
@@ -152,15 +90,6 @@ fn instances(cp: &Netns) -> Vec<(String, bool)> {
         .collect();
     out.sort();
     out
-}
-
-/// `weft demo-backend` named `name` on `0.0.0.0:port` inside `ns`, once it answers.
-fn backend(ns: &Netns, port: u16, name: &str) -> Bg {
-    let listen = format!("0.0.0.0:{port}");
-    let bg = spawn_in(ns, &[WEFT, "demo-backend", "--listen", &listen, "--name", name], Stdio::null());
-    let url = format!("http://127.0.0.1:{port}/");
-    wait(&format!("backend {name} in {}", ns.name()), || curl(ns, &url) == (200, name.to_string()));
-    bg
 }
 
 /// One host of the test: its namespace, address and capture backend.
@@ -252,16 +181,20 @@ stateDir: "{state}"
         agent.signal(weft_test::SIGTERM);
         let exit = agent.wait_exit(WAIT).await;
         assert!(exit.success(), "agent on {}: {exit}\n{}", self.name, agent.output_report());
-        assert_eq!(snapshot(&self.ns), before, "{}: the agent's stop left rules or routes behind", self.name);
+        assert_eq!(
+            self.ns.rules_and_routes(false),
+            before,
+            "{}: the agent's stop left rules or routes behind",
+            self.name
+        );
     }
 }
 
 /// The site's resolver: dnsmasq on CP:53 inside `ns`, knowing only `LEGACY_NAME` (→ C), logging
 /// every question to `log`.
-fn dnsmasq(ns: &Netns, dir: &std::path::Path, log: &std::path::Path) -> Bg {
+fn dnsmasq(ns: &Netns, dir: &std::path::Path, log: &std::path::Path) -> Background {
     let pid_file = dir.join("dnsmasq.pid");
-    let bg = spawn_in(
-        ns,
+    let bg = ns.spawn_with_stderr(
         &[
             require_tool("dnsmasq").to_str().expect("dnsmasq path"),
             "--keep-in-foreground",
@@ -279,7 +212,7 @@ fn dnsmasq(ns: &Netns, dir: &std::path::Path, log: &std::path::Path) -> Bg {
         ],
         std::fs::File::create(log).expect("dnsmasq log").into(),
     );
-    wait("dnsmasq", || {
+    wait_until("dnsmasq", WAIT, || {
         let out = ns.run(&["dig", "+short", "+time=1", "+tries=1", &format!("@{CP}"), LEGACY_NAME]);
         out.stdout.trim() == "10.79.0.13"
     });
@@ -301,7 +234,7 @@ async fn three_hosts_join_the_mesh_by_name_with_capture_and_dns() {
         &lan,
         &[(&cp, "10.79.0.2/24"), (&a.ns, "10.79.0.11/24"), (&b.ns, "10.79.0.12/24"), (&c.ns, "10.79.0.13/24")],
     );
-    let before: Vec<String> = [&a, &b, &c].iter().map(|h| snapshot(&h.ns)).collect();
+    let before: Vec<String> = [&a, &b, &c].iter().map(|h| h.ns.rules_and_routes(false)).collect();
     // Each host asks the site's resolver and expands short names within the mesh namespace.
     for h in [&a, &b, &c] {
         h.ns.etc_file(
@@ -328,10 +261,10 @@ async fn three_hosts_join_the_mesh_by_name_with_capture_and_dns() {
         .start()
         .await;
 
-    let mut reviews_b = Some(backend(&b.ns, REVIEWS_PORT, "reviews-b"));
-    let _reviews_c = backend(&c.ns, REVIEWS_PORT, "reviews-c");
-    let _legacy_a = backend(&a.ns, LEGACY_PORT, "legacy-a");
-    let _legacy_c = backend(&c.ns, LEGACY_PORT, "legacy-c");
+    let mut reviews_b = Some(netns_backend(&b.ns, &format!("0.0.0.0:{REVIEWS_PORT}"), "reviews-b"));
+    let _reviews_c = netns_backend(&c.ns, &format!("0.0.0.0:{REVIEWS_PORT}"), "reviews-c");
+    let _legacy_a = netns_backend(&a.ns, &format!("0.0.0.0:{LEGACY_PORT}"), "legacy-a");
+    let _legacy_c = netns_backend(&c.ns, &format!("0.0.0.0:{LEGACY_PORT}"), "legacy-c");
 
     let (agent_a, agent_b, agent_c) = tokio::join!(
         a.start_agent(data.path().join("state-a"), false),
@@ -340,7 +273,7 @@ async fn three_hosts_join_the_mesh_by_name_with_capture_and_dns() {
     );
     for ((h, agent), before) in [(&a, &agent_a), (&b, &agent_b), (&c, &agent_c)].into_iter().zip(&before) {
         h.wait_up(agent);
-        assert_ne!(&snapshot(&h.ns), before, "{}: capture rules are in place", h.name);
+        assert_ne!(&h.ns.rules_and_routes(false), before, "{}: capture rules are in place", h.name);
     }
     assert_eq!(instances(&cp), [("reviews-host-b".to_string(), true), ("reviews-host-c".to_string(), true)]);
     let out = a.agent_status_command(&agent_a);
@@ -350,8 +283,8 @@ async fn three_hosts_join_the_mesh_by_name_with_capture_and_dns() {
     // 1. By name from A, through A's sidecar and the serving host's sidecar, to B and C.
     let reviews = format!("http://reviews:{REVIEWS_PORT}/");
     let mut r = (0, String::new());
-    wait("reviews by name from A", || {
-        r = curl(&a.ns, &reviews);
+    wait_until("reviews by name from A", WAIT, || {
+        r = curl_backend(&a.ns, &reviews);
         r.0 == 200
     });
     let mut seen = std::collections::BTreeSet::new();
@@ -360,7 +293,7 @@ async fn three_hosts_join_the_mesh_by_name_with_capture_and_dns() {
         if seen.len() == 2 {
             break;
         }
-        let r = curl(&a.ns, &reviews);
+        let r = curl_backend(&a.ns, &reviews);
         assert_eq!(r.0, 200, "reviews by name from A: {}", r.1);
         seen.insert(r.1);
     }
@@ -379,9 +312,9 @@ async fn three_hosts_join_the_mesh_by_name_with_capture_and_dns() {
     // 2. A non-mesh name and non-mesh ports: forwarded by weft dns, never captured.
     let accepted = |h: &Host| proxy_stat(&h.ns, "server.downstream_cx_total");
     let (forwarded, cx_a, cx_b, cx_c) = (dns_answers(&a.ns, "forwarded"), accepted(&a), accepted(&b), accepted(&c));
-    let r = curl(&a.ns, &format!("http://{LEGACY_NAME}:{LEGACY_PORT}/"));
+    let r = curl_backend(&a.ns, &format!("http://{LEGACY_NAME}:{LEGACY_PORT}/"));
     assert_eq!(r, (200, "legacy-c".to_string()), "a non-mesh process on A reaches C's non-mesh port by name");
-    let r = curl(&b.ns, &format!("http://{}:{LEGACY_PORT}/", a.addr));
+    let r = curl_backend(&b.ns, &format!("http://{}:{LEGACY_PORT}/", a.addr));
     assert_eq!(r, (200, "legacy-a".to_string()), "B reaches A's non-mesh server");
     assert!(dns_answers(&a.ns, "forwarded") > forwarded, "A's weft dns forwarded the non-mesh name");
     let log = std::fs::read_to_string(&dns_log).unwrap_or_default();
@@ -398,14 +331,14 @@ async fn three_hosts_join_the_mesh_by_name_with_capture_and_dns() {
 
     // 3. B's service dies: B's instance turns unhealthy, and A's sidecar sends everything to C.
     drop(reviews_b.take());
-    wait("B's instance unhealthy in the registry", || {
+    wait_until("B's instance unhealthy in the registry", WAIT, || {
         instances(&cp) == [("reviews-host-b".to_string(), false), ("reviews-host-c".to_string(), true)]
     });
     let out = b.agent_status_command(&agent_b);
     assert_eq!(out.status.code(), Some(1), "`weft agent status` on B fails while it is unhealthy:\n{}", out.stdout);
     assert!(out.stdout.contains("reviews-host-b: unhealthy"), "{}", out.stdout);
     let cluster = format!("outbound|{REVIEWS_PORT}||reviews.shop.svc.cluster.local::");
-    wait("A's sidecar has only C's endpoint", || {
+    wait_until("A's sidecar has only C's endpoint", WAIT, || {
         let text = get(&a.ns, &format!("http://{PROXY_ADMIN}/clusters"));
         let hosts: std::collections::BTreeSet<&str> = text
             .lines()
@@ -416,7 +349,7 @@ async fn three_hosts_join_the_mesh_by_name_with_capture_and_dns() {
         hosts.into_iter().collect::<Vec<_>>() == [format!("{}:{REVIEWS_PORT}", c.addr)]
     });
     for i in 0..10 {
-        let r = curl(&a.ns, &reviews);
+        let r = curl_backend(&a.ns, &reviews);
         assert_eq!(r, (200, "reviews-c".to_string()), "request {i} after B's service died");
     }
     eprintln!("hosts: 3. B unhealthy, traffic on C after {:?}", started.elapsed());

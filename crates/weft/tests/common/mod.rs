@@ -291,3 +291,25 @@ pub use weft_test::netns::Output as Finished;
 pub async fn run_blocking(cmd: Command, timeout: Duration) -> Finished {
     tokio::task::spawn_blocking(move || run_with_timeout(cmd, timeout)).await.expect("command thread")
 }
+
+// ---- hosts as network namespaces --------------------------------------------------------------
+
+/// (status, `x-backend`) of one GET by curl inside `ns`; status 0 and curl's error when the
+/// exchange failed.
+pub fn curl_backend(ns: &weft_test::netns::Netns, url: &str) -> (u16, String) {
+    let r = ns.curl(None, url, &[]);
+    match r.status {
+        0 => (0, r.error),
+        status => (status, r.header("x-backend").to_string()),
+    }
+}
+
+/// `weft demo-backend` named `name` on `listen` inside `ns`, returned once it answers as `name`.
+pub fn netns_backend(ns: &weft_test::netns::Netns, listen: &str, name: &str) -> weft_test::netns::Background {
+    let bg = ns.spawn(&[WEFT, "demo-backend", "--listen", listen, "--name", name]);
+    let url = format!("http://{}/", listen.replace("0.0.0.0", "127.0.0.1"));
+    weft_test::netns::wait_until(&format!("backend {name} in {}", ns.name()), Duration::from_secs(30), || {
+        curl_backend(ns, &url) == (200, name.to_string())
+    });
+    bg
+}
