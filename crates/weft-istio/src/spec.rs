@@ -126,9 +126,10 @@ impl fmt::Display for Protocol {
 pub struct Regex(pub(crate) String);
 
 impl Regex {
-    /// Checks that `src` compiles (with a size limit, so a hostile pattern cannot blow up).
+    /// Checks that `src` compiles (with a size limit, so a hostile pattern cannot blow up) and
+    /// uses no flag RE2 lacks.
     pub fn new(src: &str) -> Result<Regex, String> {
-        regex::RegexBuilder::new(src).size_limit(1 << 20).build().map(|_| Regex(src.to_string())).map_err(|e| match e {
+        regex::RegexBuilder::new(src).size_limit(1 << 20).build().map_err(|e| match e {
             regex::Error::Syntax(s) => {
                 // The crate's message is multi-line; keep the last line (the reason).
                 let reason = s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("syntax error");
@@ -136,11 +137,55 @@ impl Regex {
             }
             regex::Error::CompiledTooBig(_) => format!("regex {src:?} is too large"),
             other => format!("invalid regex {src:?}: {other}"),
-        })
+        })?;
+        check_re2_flags(src)?;
+        Ok(Regex(src.to_string()))
     }
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// RE2 (Envoy's regex engine, and Go's, which Istio validates with) knows the flags `i`, `m`, `s`
+/// and `U`; the `regex` crate also takes `u`, `x` and `R`, which Envoy rejects ("invalid perl
+/// operator"). Finds `(?flags)` and `(?flags:` groups outside character classes and escapes.
+fn check_re2_flags(src: &str) -> Result<(), String> {
+    let b = src.as_bytes();
+    let mut class_depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 1,
+            b'[' => {
+                class_depth += 1;
+                // A `]` right after `[` or `[^` is a literal.
+                if b.get(i + 1) == Some(&b'^') {
+                    i += 1;
+                }
+                if b.get(i + 1) == Some(&b']') {
+                    i += 1;
+                }
+            }
+            b']' if class_depth > 0 => class_depth -= 1,
+            b'(' if class_depth == 0 && b.get(i + 1) == Some(&b'?') => {
+                for &c in b[i + 2..].iter().take_while(|c| **c != b':' && **c != b')') {
+                    // Named groups (`(?P<name>`, `(?<name>`) and look-around are not flag groups.
+                    if c == b'P' || !(c.is_ascii_alphabetic() || c == b'-') {
+                        break;
+                    }
+                    if !matches!(c, b'i' | b'm' | b's' | b'U' | b'-') {
+                        return Err(format!(
+                            "invalid regex {src:?}: flag {:?} is not supported (RE2, which Envoy uses, knows i, m, s and U)",
+                            c as char
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// Istio's StringMatch.

@@ -70,6 +70,11 @@ fn invalid_documents_report_file_resource_field_and_reason() {
             vec!["shop.yaml: VirtualService default/reviews: spec.http[0].match[0].uri.regex: invalid regex \"/api(?=/v1)\": look-around, including look-ahead and look-behind, is not supported"],
         ),
         (
+            "regex flag RE2 lacks",
+            vs("  hosts: [reviews]\n  http:\n  - match:\n    - uri: {regex: \"(?x) /api # v1\"}\n    route:\n    - destination: {host: reviews}\n"),
+            vec!["shop.yaml: VirtualService default/reviews: spec.http[0].match[0].uri.regex: invalid regex \"(?x) /api # v1\": flag 'x' is not supported (RE2, which Envoy uses, knows i, m, s and U)"],
+        ),
+        (
             "two string match kinds",
             vs("  hosts: [reviews]\n  http:\n  - match:\n    - uri: {exact: /a, prefix: /b}\n    route:\n    - destination: {host: reviews}\n"),
             vec!["shop.yaml: VirtualService default/reviews: spec.http[0].match[0].uri: only one of exact, prefix or regex may be set (found exact, prefix)"],
@@ -971,4 +976,16 @@ fn what_istio_accepts_is_accepted() {
     }
     let r = one(&dr("  host: reviews\n  trafficPolicy:\n    connectionPool:\n      http:\n        http2KeepAlive: {interval: 15s}\n"));
     assert_eq!(r.not_applied, vec!["spec.trafficPolicy.connectionPool.http.http2KeepAlive"]);
+}
+
+#[test]
+fn regexes_use_only_re2_flags() {
+    // Envoy compiles with RE2; the regex crate also accepts the flags u, x and R.
+    for ok in ["(?i)jason", "(?U)a+", "(?i-s:a.b)", "(?P<v>[0-9]+)", "(?<v>a)", "[(?x)]", "\\(?x\\)", "[]](?i)a"] {
+        assert!(Regex::new(ok).is_ok(), "{ok}");
+    }
+    for bad in ["(?x)a b", "(?u)a", "a(?R)", "(?ix:a)", "[a](?x)b"] {
+        let e = Regex::new(bad).unwrap_err();
+        assert!(e.contains("is not supported (RE2"), "{bad}: {e}");
+    }
 }

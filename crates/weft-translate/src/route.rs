@@ -499,7 +499,7 @@ fn add_header_ops(
     ops: &HeaderOperations,
 ) -> Option<String> {
     let header = |k: &str, v: &str, action: HeaderAppendAction| HeaderValueOption {
-        header: Some(HeaderValue { key: k.to_string(), value: v.to_string(), ..Default::default() }),
+        header: Some(HeaderValue { key: k.to_string(), value: envoy_header_value(v), ..Default::default() }),
         append_action: action as i32,
         ..Default::default()
     };
@@ -518,6 +518,52 @@ fn add_header_ops(
     }
     remove.extend(ops.remove.iter().cloned());
     authority
+}
+
+/// Envoy reads a `%` in a header value as the start of a command operator (`%REQ(x-user)%`,
+/// `%DOWNSTREAM_REMOTE_ADDRESS%`) and rejects the whole route table when one is malformed. Istio
+/// passes values through, so operators keep working here too; a `%` that cannot start one (as in
+/// `100%`) is written `%%`, Envoy's literal percent sign.
+fn envoy_header_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let mut rest = v;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let len = if rest.starts_with("%%") { 2 } else { operator_len(rest).unwrap_or(0) };
+        if len == 0 {
+            out.push_str("%%");
+            rest = &rest[1..];
+        } else {
+            out.push_str(&rest[..len]);
+            rest = &rest[len..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The length of the command operator `s` starts with: `%NAME%`, `%NAME(ARGS)%` or
+/// `%NAME(ARGS):LENGTH%`, NAME in upper case, digits and `_`.
+fn operator_len(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut i = 1;
+    if !b.get(i)?.is_ascii_uppercase() {
+        return None;
+    }
+    while b.get(i).is_some_and(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_') {
+        i += 1;
+    }
+    if b.get(i) == Some(&b'(') {
+        i += s[i..].find(')')? + 1;
+        if b.get(i) == Some(&b':') {
+            i += 1;
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+        }
+    }
+    (b.get(i) == Some(&b'%')).then_some(i + 1)
 }
 
 fn is_authority(name: &str) -> bool {
@@ -676,6 +722,26 @@ mod tests {
         assert_eq!(route_match(None).path_specifier, Some(PathSpecifier::Prefix("/".into())));
         let exact = HttpMatch { uri: Some(StringMatch::Exact("/login".into())), ..Default::default() };
         assert_eq!(route_match(Some(&exact)).path_specifier, Some(PathSpecifier::Path("/login".into())));
+    }
+
+    #[test]
+    fn header_values_keep_operators_and_escape_other_percent_signs() {
+        let cases = [
+            ("weft", "weft"),
+            ("100%", "100%%"),
+            ("50%%", "50%%"),
+            ("%DOWNSTREAM_REMOTE_ADDRESS%", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+            ("ip=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% 5%", "ip=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% 5%%"),
+            ("%REQ(x-user)%", "%REQ(x-user)%"),
+            ("%REQ(x-user):10%", "%REQ(x-user):10%"),
+            ("a%b%c", "a%%b%%c"),
+            ("%REQ(x-user%", "%%REQ(x-user%%"),
+            ("%", "%%"),
+            ("%%%", "%%%%"),
+        ];
+        for (given, want) in cases {
+            assert_eq!(envoy_header_value(given), want, "{given}");
+        }
     }
 
     #[test]

@@ -8,12 +8,13 @@
 //! * every golden case (tests/golden/*.yaml) for every node it names;
 //! * a property test: random but valid Istio YAML (ServiceEntries, WorkloadEntries, registry
 //!   instances, VirtualServices, DestinationRules, Sidecars) parsed exactly as `weft apply` parses
-//!   it, generated for a captured sidecar, a bind-mode sidecar and a proxy with an HTTP-proxy
-//!   port. 24 cases by default (`PROPTEST_CASES=N` for more). A failing case prints the YAML, the
-//!   registry instances and Envoy's error, ready to become a golden case.
+//!   it, generated for a captured sidecar, a bind-mode sidecar, a proxy with an HTTP-proxy port
+//!   and a proxyless gRPC client. 24 cases by default (`PROPTEST_CASES=N` for more). A failing
+//!   case prints the YAML, the registry instances and Envoy's error, ready to become a golden case.
 //!
-//! Proxyless gRPC nodes are not validated: their resources are API listeners (`host:port`, no
-//! address), which Envoy only accepts as a single bootstrap `api_listener` (Envoy Mobile's use).
+//! Proxyless gRPC nodes get API listeners (`host:port`, no address), which the Envoy server cannot
+//! load ("missing the API listener extension"); for validation each becomes a plain listener on a
+//! loopback port carrying the same connection manager, so its routes and clusters are checked.
 
 mod common;
 #[path = "envoy_validate/istio.rs"]
@@ -26,15 +27,56 @@ use std::sync::Arc;
 use std::thread;
 
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+use prost::Message;
 use weft_istio::registry::Instance;
 use weft_translate::{Input, Mesh};
-use weft_xds::{type_url, Generator, NodeInfo, ResourceSet};
+use weft_xds::envoy_types::pb::envoy::config::core::v3::{address, socket_address, Address, SocketAddress};
+use weft_xds::envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use weft_xds::envoy_types::pb::google::protobuf::Any;
+use weft_xds::{type_url, NodeInfo, ResourceSet};
 
 /// The resource set of one proxy as a static bootstrap, validated by Envoy.
 fn validate_set(envoy: &Path, dir: &Path, name: &str, set: &ResourceSet) -> Result<(), String> {
-    let resources = type_url::PUSH_ORDER.iter().filter_map(|t| set.of_type(t)).flatten().map(|(_, r)| &r.body);
-    let bootstrap = weft_test::envoy::static_bootstrap(name, resources)?;
+    let resources: Vec<Any> = type_url::PUSH_ORDER
+        .iter()
+        .filter_map(|t| set.of_type(t))
+        .flatten()
+        .enumerate()
+        .map(|(k, (_, r))| api_listener_as_plain(&r.body, k))
+        .collect();
+    let bootstrap = weft_test::envoy::static_bootstrap(name, &resources)?;
     weft_test::envoy::validate(envoy, dir, name, &bootstrap)
+}
+
+/// Proxyless gRPC gets API listeners (`host:port`, the connection manager in `api_listener`),
+/// which only Envoy Mobile can load. For validation, such a listener becomes an ordinary one on
+/// a loopback port of its own whose only filter is that connection manager, so Envoy still checks
+/// the connection manager, the route tables and the clusters it names.
+fn api_listener_as_plain(any: &Any, k: usize) -> Any {
+    if any.type_url != type_url::LISTENER {
+        return any.clone();
+    }
+    let Ok(l) = Listener::decode(any.value.as_slice()) else { return any.clone() };
+    let Some(hcm) = l.api_listener.and_then(|a| a.api_listener) else { return any.clone() };
+    let plain = Listener {
+        name: l.name,
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: "127.0.0.1".into(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(20000 + k as u32)),
+                ..Default::default()
+            })),
+        }),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(hcm)),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Any { type_url: any.type_url.clone(), value: plain.encode_to_vec() }
 }
 
 /// Validates several proxies' sets at once, two Envoy processes at a time; errors by name.
@@ -68,7 +110,7 @@ fn envoy_accepts_every_golden_case() {
     for path in common::case_files() {
         let case = common::load_case(&path);
         let (mesh, _) = Mesh::build(case.input);
-        for node in case.nodes.iter().filter(|n| n.generator == Generator::Envoy) {
+        for node in &case.nodes {
             let stem = path.file_stem().unwrap().to_string_lossy();
             sets.push((format!("{stem}-{}", file_name(node)), mesh.generate(node)));
         }
@@ -99,7 +141,8 @@ fn case_count() -> u32 {
 
 /// The proxies every generated mesh is validated for, as golden `node` directives: a captured
 /// sidecar at one of the workloads' addresses (so it has inbound listeners), a bind-mode sidecar
-/// (selected by the generated `bind-mode` Sidecar) and a proxy with an HTTP-proxy port.
+/// (selected by the generated `bind-mode` Sidecar), a proxy with an HTTP-proxy port and a
+/// proxyless gRPC client.
 fn node_specs(plan: &istio::Plan, workload_ips: &[String]) -> Vec<String> {
     let n = &plan.nodes;
     let ip = if workload_ips.is_empty() {
@@ -113,6 +156,7 @@ fn node_specs(plan: &istio::Plan, workload_ips: &[String]) -> Vec<String> {
         format!("sidecar~{ip}~client-1.{cns}~{cns}.svc.cluster.local ips={ip} labels=app=client,version=v1"),
         format!("sidecar~10.80.0.2~bound-1.{bns}~{bns}.svc.cluster.local labels=app=bound"),
         format!("sidecar~10.80.0.3~proxied-1.{pns}~{pns}.svc.cluster.local labels=app=proxied http_proxy=15080"),
+        format!("sidecar~10.80.0.4~grpc-1.{cns}~{cns}.svc.cluster.local labels=app=client generator=grpc"),
     ]
 }
 

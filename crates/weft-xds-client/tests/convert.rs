@@ -1356,7 +1356,10 @@ fn route_configurations_convert() {
                     fault_config(1_000, 1_000_000, 500, 0),
                 )]
                 .into(),
-                request_headers_to_add: vec![header_value("x-vhost", "1", None, 0)],
+                request_headers_to_add: vec![
+                    header_value("x-vhost", "1", None, 0),
+                    header_value("x-share", "100%%", None, 0),
+                ],
                 ..Default::default()
             },
             rt::VirtualHost {
@@ -1515,7 +1518,11 @@ fn route_configurations_convert() {
                     ),
                 ],
                 request_headers: HeaderOps {
-                    add: vec![HeaderValueOp { name: "x-vhost".into(), value: "1".into(), append: true }],
+                    add: vec![
+                        HeaderValueOp { name: "x-vhost".into(), value: "1".into(), append: true },
+                        // Envoy's `%%` is a literal percent sign.
+                        HeaderValueOp { name: "x-share".into(), value: "100%".into(), append: true },
+                    ],
                     remove: vec![],
                 },
                 response_headers: HeaderOps::default(),

@@ -24,7 +24,8 @@ const SUBSETS: [&str; 3] = ["v1", "v2", "v3"];
 const MATCH_HEADERS: [&str; 5] = ["end-user", "x-canary", "cookie", ":authority", "x-Request-Id"];
 const OP_HEADERS: [&str; 4] = ["x-weft", "x-route", "x-envoy-upstream-rq-timeout-ms", "set-cookie"];
 const STRINGS: [&str; 5] = ["/", "/api", "jason", "/reviews/v1", "a b"];
-const REGEXES: [&str; 6] = ["/api/v[0-9]+/.*", "^/(a|b)$", ".*\\.png", "[a-z]+", "(?i)jason", "\\d{3}-\\w+"];
+const REGEXES: [&str; 8] =
+    ["/api/v[0-9]+/.*", "^/(a|b)$", ".*\\.png", "[a-z]+", "(?i)jason", "\\d{3}-\\w+", "(?i:ab)+c?", "\\p{Greek}+"];
 const DURATIONS: [&str; 6] = ["0s", "1ms", "250ms", "1s", "15s", "1h"];
 const RETRY_ON: [&str; 8] =
     ["5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx", "refused-stream", "unavailable", "503"];
@@ -331,9 +332,9 @@ fn endpoint_plan() -> impl Strategy<Value = EndpointPlan> {
 fn service_plan() -> BoxedStrategy<ServicePlan> {
     (
         ns(),
-        0u8..4,
+        0u8..5,
         prop::bool::weighted(0.2),
-        0u8..4,
+        0u8..6,
         prop::collection::vec(port_plan(), 1..4),
         0u8..4,
         any::<bool>(),
@@ -441,7 +442,7 @@ fn match_plan() -> BoxedStrategy<MatchPlan> {
 }
 
 fn header_ops() -> impl Strategy<Value = Vec<(u8, Index, u8)>> {
-    prop::collection::vec((0u8..3, any::<Index>(), 0u8..3), 0..3)
+    prop::collection::vec((0u8..3, any::<Index>(), 0u8..6), 0..3)
 }
 
 fn headers_plan() -> impl Strategy<Value = HeadersPlan> {
@@ -844,7 +845,7 @@ fn header_ops_value(ops: &[(u8, Index, u8)], request: bool) -> Value {
     let mut remove = Vec::new();
     for (op, name, value) in ops {
         let name = pick(&OP_HEADERS, name).to_string();
-        let value = ["weft", "", "a=b; Path=/"][*value as usize % 3];
+        let value = ["weft", "", "a=b; Path=/", "100%", "%DOWNSTREAM_REMOTE_ADDRESS%", "50%%"][*value as usize % 6];
         match op {
             0 => drop(set.insert(name, json!(value))),
             1 => drop(add.insert(name, json!(value))),
@@ -934,7 +935,9 @@ impl Plan {
             0 => format!("svc{i}"),
             1 => format!("svc{i}.{ns}.svc.cluster.local"),
             2 => format!("api{i}.example.com"),
-            _ => format!("*.w{i}.example.com"),
+            3 => format!("*.w{i}.example.com"),
+            // Several ServiceEntries may define one host.
+            _ => "shared.example.com".to_string(),
         };
         let mut hosts = vec![host.clone()];
         // Several hosts share a port only when it is HTTP or TLS (unless resolution is NONE).
@@ -955,6 +958,10 @@ impl Plan {
                 format!("unix:///var/run/svc{i}-{k}.sock")
             } else if e.hostname && resolution != "STATIC" {
                 format!("ep{k}.svc{i}.example.com")
+            } else if e.host == 5 {
+                let ip = format!("2001:db8:{}::{}", s.ns + 1, i * 8 + k + 1);
+                ips.push(ip.clone());
+                ip
             } else {
                 let ip = format!("10.{}.{i}.{}", s.ns + 1, e.host + 1);
                 ips.push(ip.clone());
@@ -1006,6 +1013,9 @@ impl Plan {
             3 if resolution == "NONE" || resolution == "STATIC" => {
                 spec["addresses"] = json!([format!("10.{}.0.0/16", 100 + i)])
             }
+            // One VIP for several services.
+            4 => spec["addresses"] = json!(["10.96.9.9"]),
+            5 => spec["addresses"] = json!([format!("2001:db8:96::{}", i + 1)]),
             _ => {}
         }
         if let Some(e) = export_to(s.export_to, true) {
@@ -1598,8 +1608,13 @@ fn sidecar(name: &str, ns: &str, sc: &SidecarPlan, app: &str, services: &[Render
             // Only the last listener may omit the port: give this one a port of its own.
             None => v["port"] = json!({"number": 10000 + k as u16, "protocol": "HTTP", "name": "http-extra"}),
         }
-        if let Some(b) = e.bind {
-            v["bind"] = json!(format!("127.0.{}.{b}", 90 + k));
+        match e.bind {
+            Some(19) => {
+                v["bind"] = json!(format!("unix:///var/run/weft-egress-{k}.sock"));
+                v["port"] = json!({"number": 0, "protocol": "HTTP", "name": "http-uds"});
+            }
+            Some(b) => v["bind"] = json!(format!("127.0.{}.{b}", 90 + k)),
+            None => {}
         }
         if e.capture_none {
             v["captureMode"] = json!("NONE");

@@ -174,6 +174,8 @@ pub fn header_ops(
         if has_formatter(&value) {
             return Err(ctx.err(format!("{f}.header.value"), "command operators (%...%) are not supported"));
         }
+        // `%%` is Envoy's literal percent sign.
+        let value = value.replace("%%", "%");
         let append = match (&h.append, h.append_action) {
             (Some(a), 0) => a.value,
             (Some(_), _) => return Err(ctx.err(format!("{f}.append"), "use either append or append_action")),
