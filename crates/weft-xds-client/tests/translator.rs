@@ -13,7 +13,7 @@ use weft_xds::envoy_types::pb::envoy::config::core::v3::Node;
 use weft_xds::{Generator, NodeInfo};
 use weft_xds_client::store::{Decoded, Kind, Store};
 
-/// `# golden: node ID [ns=NS] [labels=k=v,..] [ips=IP,..] [generator=grpc] [tenant=T]`
+/// `# golden: node ID [ns=NS] [labels=k=v,..] [ips=IP,..] [generator=grpc] [tenant=T] [http_proxy=PORT]`
 fn node(spec: &str) -> NodeInfo {
     let mut parts = spec.split_whitespace();
     let id = parts.next().expect("node id");
@@ -24,6 +24,7 @@ fn node(spec: &str) -> NodeInfo {
             "ns" => n.namespace = v.to_string(),
             "tenant" => n.tenant = v.to_string(),
             "generator" if v == "grpc" => n.generator = Generator::Grpc,
+            "http_proxy" => n.http_proxy_port = Some(v.parse().expect("http_proxy port")),
             "ips" => n.ips = v.split(',').map(|ip| ip.parse().expect("ip")).collect(),
             "labels" => {
                 for kv in v.split(',') {
