@@ -1,5 +1,7 @@
-//! The store against real files in temporary dirs: round trips, reopening, atomicity, leases, VIPs,
-//! the exclusive lock, and a writer killed with SIGKILL in the middle of its writes.
+//! The store against both backends — a real redb file in a temporary dir and a real etcd server
+//! on loopback — with one suite: round trips, reopening, atomicity, leases, VIPs, concurrent
+//! writers, and a writer killed with SIGKILL in the middle of its writes. Backend-specific
+//! behaviour (the file lock; several stores sharing one etcd, etcd going away) follows.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -10,7 +12,64 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use weft_store::{ObjKey, Store, StoreError, FILE_NAME, MAX_RECORD_BYTES, VIP_CAPACITY};
+use weft_store::{EtcdConfig, Location, ObjKey, Store, StoreError, FILE_NAME, MAX_RECORD_BYTES, VIP_CAPACITY};
+use weft_test::EtcdServer;
+
+/// Where one test's store lives; [`Harness::open`] opens it (again). Each holds what must live
+/// as long as the test: the temporary dir, or the etcd server (killed when dropped).
+enum Harness {
+    Redb(tempfile::TempDir),
+    Etcd(#[allow(dead_code)] EtcdServer, String),
+}
+
+impl Harness {
+    fn redb() -> Harness {
+        Harness::Redb(tempfile::tempdir().unwrap())
+    }
+
+    fn etcd() -> Harness {
+        let server = EtcdServer::start().expect("start etcd");
+        let url = server.url("test");
+        Harness::Etcd(server, url)
+    }
+
+    fn location(&self) -> Location {
+        match self {
+            Harness::Redb(dir) => Location::Dir(dir.path().to_owned()),
+            Harness::Etcd(_, url) => Location::Etcd(EtcdConfig::from_url(url).unwrap()),
+        }
+    }
+
+    fn open(&self) -> Store {
+        let location = self.location();
+        Store::open_at(&location).unwrap_or_else(|e| panic!("open {location}: {e}"))
+    }
+}
+
+/// Runs each listed `fn(&Harness)` as a test against redb (`redb::NAME`) and etcd (`etcd::NAME`).
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod redb {
+            $( #[test] fn $name() { super::$name(&super::Harness::redb()); } )*
+        }
+        mod etcd {
+            $( #[test] fn $name() { super::$name(&super::Harness::etcd()); } )*
+        }
+    };
+}
+
+on_both_backends!(
+    apply_get_list_delete_round_trip,
+    reopen_after_drop_keeps_everything,
+    apply_is_all_or_nothing,
+    unchanged_apply_does_not_bump_the_revision,
+    watch_reports_every_committed_change,
+    instances_with_leases_expire,
+    vips_are_unique_lowest_free_and_stable_across_reopen,
+    release_at_a_revision_frees_nothing_once_the_store_moved_on,
+    vip_exhaustion_is_an_error_that_allocates_nothing,
+    store_is_usable_from_blocking_tasks_of_a_runtime,
+);
 
 fn key(kind: &str, ns: &str, name: &str) -> ObjKey {
     ObjKey::new(kind, ns, name)
@@ -24,12 +83,10 @@ fn pair(tenant: &str, host: &str) -> (String, String) {
     (tenant.to_owned(), host.to_owned())
 }
 
-#[test]
-fn apply_get_list_delete_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+fn apply_get_list_delete_round_trip(h: &Harness) {
+    let store = h.open();
     assert_eq!(store.revision().unwrap(), 0);
-    assert_eq!(store.file(), dir.path().join(FILE_NAME));
+    assert_eq!(store.location(), h.location().to_string());
 
     let applied = store
         .apply(vec![
@@ -82,11 +139,9 @@ fn apply_get_list_delete_round_trip() {
     assert_eq!((again.revision, again.created_revision), (4, 4));
 }
 
-#[test]
-fn reopen_after_drop_keeps_everything() {
-    let dir = tempfile::tempdir().unwrap();
+fn reopen_after_drop_keeps_everything(h: &Harness) {
     let (objects, instances, vips, revision) = {
-        let store = Store::open(dir.path()).unwrap();
+        let store = h.open();
         store.apply(vec![obj("ServiceEntry", "ns", "a", json!({"hosts": ["a.example"]}))]).unwrap();
         store.apply(vec![obj("ServiceEntry", "ns", "b", json!({"hosts": ["b.example"]}))]).unwrap();
         store.put_instance(key("WorkloadEntry", "ns", "vm1"), "acme", json!({"address": "127.0.0.2"}), None).unwrap();
@@ -99,7 +154,7 @@ fn reopen_after_drop_keeps_everything() {
         (clone.list(None).unwrap(), clone.list_instances().unwrap(), clone.vips().unwrap(), clone.revision().unwrap())
     };
     assert_eq!(revision, 4);
-    let store = Store::open(dir.path()).unwrap();
+    let store = h.open();
     assert_eq!(store.list(None).unwrap(), objects);
     assert_eq!(store.list_instances().unwrap(), instances);
     assert_eq!(store.vips().unwrap(), vips);
@@ -109,10 +164,8 @@ fn reopen_after_drop_keeps_everything() {
     assert_eq!(applied[0].revision, revision + 1, "revisions continue after a reopen");
 }
 
-#[test]
-fn apply_is_all_or_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+fn apply_is_all_or_nothing(h: &Harness) {
+    let store = h.open();
     store.apply(vec![obj("Gateway", "ns", "gw", json!({"v": 1}))]).unwrap();
     let before = store.list(None).unwrap();
     let mut rx = store.watch();
@@ -159,10 +212,8 @@ fn apply_is_all_or_nothing() {
     assert!(applied.iter().all(|a| a.revision == 2));
 }
 
-#[test]
-fn unchanged_apply_does_not_bump_the_revision() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+fn unchanged_apply_does_not_bump_the_revision(h: &Harness) {
+    let store = h.open();
     let batch =
         vec![obj("Sidecar", "ns", "a", json!({"egress": [{"hosts": ["./*"]}]})), obj("Sidecar", "ns", "b", json!({}))];
     store.apply(batch.clone()).unwrap();
@@ -192,10 +243,8 @@ fn unchanged_apply_does_not_bump_the_revision() {
     assert_eq!(store.get(&key("Sidecar", "ns", "a")).unwrap().unwrap().tenant, "other");
 }
 
-#[test]
-fn watch_reports_every_committed_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+fn watch_reports_every_committed_change(h: &Harness) {
+    let store = h.open();
     let mut rx = store.watch();
     assert_eq!(*rx.borrow_and_update(), 0);
     store.apply(vec![obj("K", "ns", "a", json!(1))]).unwrap();
@@ -211,10 +260,8 @@ fn watch_reports_every_committed_change() {
     assert_eq!(*rx.borrow_and_update(), 4);
 }
 
-#[test]
-fn instances_with_leases_expire() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+fn instances_with_leases_expire(h: &Harness) {
+    let store = h.open();
     let vm = |n: &str| key("WorkloadEntry", "ns", n);
     let r1 = store.put_instance(vm("leased"), "acme", json!({"address": "127.0.0.2"}), Some(1_000)).unwrap();
     let r2 = store.put_instance(vm("permanent"), "acme", json!({"address": "127.0.0.3"}), None).unwrap();
@@ -240,7 +287,7 @@ fn instances_with_leases_expire() {
     drop(store);
 
     // Leases survive a restart: expiry after reopening still removes the leased one only.
-    let store = Store::open(dir.path()).unwrap();
+    let store = h.open();
     let listed = store.list_instances().unwrap();
     let leases: Vec<_> = listed.iter().map(|i| (i.key.name.as_str(), i.lease_expires_unix_ms)).collect();
     assert_eq!(leases, [("leased", Some(2_000)), ("permanent", None)]);
@@ -252,12 +299,10 @@ fn instances_with_leases_expire() {
     assert!(store.list_instances().unwrap().is_empty());
 }
 
-#[test]
-fn vips_are_unique_lowest_free_and_stable_across_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+fn vips_are_unique_lowest_free_and_stable_across_reopen(h: &Harness) {
     let hosts: Vec<(String, String)> = (0..300).map(|i| pair("acme", &format!("svc{i:03}.example"))).collect();
     let first = {
-        let store = Store::open(dir.path()).unwrap();
+        let store = h.open();
         let got = store.allocate_vips(&hosts).unwrap();
         assert_eq!(got.len(), 300);
         let unique: BTreeSet<Ipv4Addr> = got.values().copied().collect();
@@ -273,7 +318,7 @@ fn vips_are_unique_lowest_free_and_stable_across_reopen() {
         got
     };
 
-    let store = Store::open(dir.path()).unwrap();
+    let store = h.open();
     let mut asked = hosts.clone();
     asked.reverse();
     asked.push(pair("acme", "new.example"));
@@ -295,10 +340,21 @@ fn vips_are_unique_lowest_free_and_stable_across_reopen() {
     assert!(matches!(bad, StoreError::InvalidInput { field: "host", .. }), "{bad:?}");
 }
 
-#[test]
-fn vip_exhaustion_is_an_error_that_allocates_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+fn release_at_a_revision_frees_nothing_once_the_store_moved_on(h: &Harness) {
+    let store = h.open();
+    store.allocate_vips(&[pair("t", "a"), pair("t", "b")]).unwrap();
+    let at = store.revision().unwrap();
+    let keep: BTreeSet<_> = [pair("t", "a")].into();
+    store.apply(vec![obj("ServiceEntry", "ns", "b", json!({"hosts": ["b"]}))]).unwrap();
+    assert_eq!(store.release_vips_at(&keep, at).unwrap(), None, "a newer change may need b's address");
+    assert_eq!(store.vips().unwrap().len(), 2);
+    let now = store.revision().unwrap();
+    assert_eq!(store.release_vips_at(&keep, now).unwrap(), Some(1));
+    assert_eq!(store.vips().unwrap().keys().collect::<Vec<_>>(), [&pair("t", "a")]);
+}
+
+fn vip_exhaustion_is_an_error_that_allocates_nothing(h: &Harness) {
+    let store = h.open();
     let hosts: Vec<(String, String)> = (0..VIP_CAPACITY - 1).map(|i| pair("t", &format!("h{i}"))).collect();
     assert_eq!(store.allocate_vips(&hosts).unwrap().len(), VIP_CAPACITY - 1);
 
@@ -307,12 +363,20 @@ fn vip_exhaustion_is_an_error_that_allocates_nothing() {
         StoreError::VipsExhausted { requested: 2, free: 1, .. } => {}
         other => panic!("want VipsExhausted, got {other:?}"),
     }
-    assert!(err.to_string().contains("240.240.0.0/16") && err.to_string().contains(FILE_NAME), "{err}");
+    assert!(err.to_string().contains("240.240.0.0/16") && err.to_string().contains(store.location()), "{err}");
     assert_eq!(store.vips().unwrap().len(), VIP_CAPACITY - 1, "nothing of the failed call was kept");
 
     let last = store.allocate_vips(&[pair("t", "x")]).unwrap();
     assert_eq!(last[&pair("t", "x")], Ipv4Addr::new(240, 240, 255, 254));
     assert!(matches!(store.allocate_vips(&[pair("t", "y")]), Err(StoreError::VipsExhausted { free: 0, .. })));
+}
+
+#[test]
+fn redb_store_lives_in_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.file(), Some(dir.path().join(FILE_NAME).as_path()));
+    assert_eq!(store.location(), dir.path().join(FILE_NAME).display().to_string());
 }
 
 #[test]
@@ -343,10 +407,8 @@ fn open_creates_missing_dirs_and_names_a_dir_it_cannot_create() {
     assert!(err.to_string().contains(&blocker.join("sub").display().to_string()), "{err}");
 }
 
-#[test]
-fn store_is_usable_from_blocking_tasks_of_a_runtime() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+fn store_is_usable_from_blocking_tasks_of_a_runtime(h: &Harness) {
+    let store = h.open();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let mut rx = store.watch();
@@ -369,8 +431,8 @@ fn store_is_usable_from_blocking_tasks_of_a_runtime() {
 // ---------------------------------------------------------------------------------------------
 // Crash test: a child process applies and acknowledges; the parent kills it with SIGKILL.
 
-const WRITER_ENV: &str = "WEFT_STORE_CRASH_WRITER_DIR";
-const CRASH_TEST: &str = "acknowledged_applies_survive_sigkill";
+/// Set in the writer child: the store's dir, or its etcd URL.
+const WRITER_ENV: &str = "WEFT_STORE_CRASH_WRITER_STORE";
 /// Acknowledgements the parent waits for before it kills the writer.
 const ACKS_BEFORE_KILL: usize = 25;
 /// Upper bound on the writer's applies, so that it ends even if nobody kills it.
@@ -386,8 +448,16 @@ fn crash_batch(i: u64) -> Vec<(ObjKey, String, Value)> {
     ]
 }
 
-fn run_writer(dir: &str) {
-    let store = Store::open(std::path::Path::new(dir)).expect("writer: open");
+fn location(s: &str) -> Location {
+    if s.starts_with("etcd://") {
+        Location::Etcd(EtcdConfig::from_url(s).unwrap())
+    } else {
+        Location::Dir(s.into())
+    }
+}
+
+fn run_writer(at: &str) {
+    let store = Store::open_at(&location(at)).expect("writer: open");
     let started = Instant::now();
     for i in 0..WRITER_MAX_APPLIES {
         if started.elapsed() > WRITER_MAX_TIME {
@@ -400,15 +470,29 @@ fn run_writer(dir: &str) {
 }
 
 #[test]
-fn acknowledged_applies_survive_sigkill() {
-    if let Ok(dir) = std::env::var(WRITER_ENV) {
-        run_writer(&dir);
-        return;
+fn acknowledged_applies_survive_sigkill_redb() {
+    if let Ok(at) = std::env::var(WRITER_ENV) {
+        return run_writer(&at);
     }
-    let dir = tempfile::tempdir().unwrap();
+    crash_test("acknowledged_applies_survive_sigkill_redb", &Harness::redb());
+}
+
+#[test]
+fn acknowledged_applies_survive_sigkill_etcd() {
+    if let Ok(at) = std::env::var(WRITER_ENV) {
+        return run_writer(&at);
+    }
+    crash_test("acknowledged_applies_survive_sigkill_etcd", &Harness::etcd());
+}
+
+fn crash_test(name: &str, h: &Harness) {
+    let at = match h {
+        Harness::Redb(dir) => dir.path().display().to_string(),
+        Harness::Etcd(_, url) => url.clone(),
+    };
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", CRASH_TEST, "--nocapture", "--test-threads=1"])
-        .env(WRITER_ENV, dir.path())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(WRITER_ENV, &at)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -454,7 +538,7 @@ fn acknowledged_applies_survive_sigkill() {
     acks.extend(rx.iter());
     reader.join().unwrap();
 
-    let store = Store::open(dir.path()).expect("reopen after SIGKILL");
+    let store = h.open();
     let objects: BTreeMap<String, Value> =
         store.list(Some("Crash")).unwrap().into_iter().map(|o| (o.key.name, o.body)).collect();
     let (last_i, last_rev) = *acks.last().unwrap();
@@ -472,4 +556,187 @@ fn acknowledged_applies_survive_sigkill() {
         assert!(objects.contains_key(&format!("a{i}")) && objects.contains_key(&format!("b{i}")), "half of apply {i}");
     }
     assert!(objects.len() / 2 >= usize::try_from(last_i + 1).unwrap());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several stores on one etcd: what high availability rests on.
+
+fn etcd_pair() -> (EtcdServer, Store, Store) {
+    let server = EtcdServer::start().expect("start etcd");
+    let cfg = EtcdConfig::from_url(&server.url("ha")).unwrap();
+    let a = Store::open_etcd(&cfg).unwrap();
+    let b = Store::open_etcd(&cfg).unwrap();
+    (server, a, b)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Waits (bounded) until `rx` shows at least `revision`.
+fn wait_for_revision(rx: &mut tokio::sync::watch::Receiver<u64>, revision: u64) {
+    runtime().block_on(async {
+        let seen = tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|r| *r >= revision)).await.is_ok();
+        assert!(seen, "revision {revision} not seen within 20s; the watch shows {}", *rx.borrow());
+    });
+}
+
+#[test]
+fn etcd_watch_sees_the_writes_of_another_store() {
+    let (_server, a, b) = etcd_pair();
+    let mut rx = b.watch();
+    let applied = a.apply(vec![obj("VirtualService", "ns", "r", json!({"hosts": ["r"]}))]).unwrap();
+    wait_for_revision(&mut rx, applied[0].revision);
+    assert_eq!(b.get(&key("VirtualService", "ns", "r")).unwrap().unwrap().body, json!({"hosts": ["r"]}));
+
+    // Instances and removals wake it too; renewals and VIPs stay quiet on both.
+    let r = a.put_instance(key("WorkloadEntry", "ns", "vm"), "acme", json!({}), Some(10)).unwrap();
+    wait_for_revision(&mut rx, r);
+    rx.mark_unchanged();
+    assert!(a.renew_lease(&key("WorkloadEntry", "ns", "vm"), 20).unwrap());
+    a.allocate_vips(&[pair("acme", "h")]).unwrap();
+    assert!(a.remove_instance(&key("WorkloadEntry", "ns", "vm")).unwrap());
+    wait_for_revision(&mut rx, r + 1);
+    assert_eq!(*rx.borrow(), r + 1, "the renewal and the VIP did not move the revision");
+    assert_eq!(b.vips().unwrap()[&pair("acme", "h")], Ipv4Addr::new(240, 240, 0, 1));
+}
+
+#[test]
+fn etcd_concurrent_vip_allocation_from_two_stores_never_double_allocates() {
+    let (_server, a, b) = etcd_pair();
+    // Overlapping host sets, allocated in rounds from both stores at once.
+    let hosts = |from: usize, to: usize| (from..to).map(|i| pair("t", &format!("h{i:03}"))).collect::<Vec<_>>();
+    let run = |store: Store, rounds: Vec<Vec<(String, String)>>| {
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for round in rounds {
+                seen.push(store.allocate_vips(&round).unwrap());
+            }
+            seen
+        })
+    };
+    let ta = run(a.clone(), vec![hosts(0, 70), hosts(50, 150), hosts(140, 200)]);
+    let tb = run(b.clone(), vec![hosts(30, 120), hosts(100, 180), hosts(0, 200)]);
+    let mut all: BTreeMap<(String, String), Ipv4Addr> = BTreeMap::new();
+    for got in ta.join().unwrap().into_iter().chain(tb.join().unwrap()) {
+        for (host, addr) in got {
+            let before = all.insert(host.clone(), addr);
+            assert!(before.is_none() || before == Some(addr), "{host:?} got {before:?} and {addr}");
+        }
+    }
+    assert_eq!(all.len(), 200);
+    let addrs: BTreeSet<Ipv4Addr> = all.values().copied().collect();
+    assert_eq!(addrs.len(), 200, "no address was handed to two hosts");
+    assert_eq!(a.vips().unwrap(), all, "the store holds exactly what the callers were told");
+    // Lowest free: the 200 addresses are the first 200 of the range.
+    assert_eq!(addrs.iter().max().copied(), Some(Ipv4Addr::new(240, 240, 0, 200)));
+}
+
+#[test]
+fn etcd_two_stores_applying_at_once_serialize_into_distinct_revisions() {
+    let (_server, a, b) = etcd_pair();
+    let writer = |store: Store, side: &'static str| {
+        std::thread::spawn(move || {
+            (0..15)
+                .map(|i| store.apply(vec![obj("K", side, &format!("o{i}"), json!(i))]).unwrap()[0].revision)
+                .collect::<Vec<_>>()
+        })
+    };
+    let (ra, rb) = (writer(a.clone(), "a"), writer(b.clone(), "b"));
+    let mut revisions: Vec<u64> = ra.join().unwrap().into_iter().chain(rb.join().unwrap()).collect();
+    revisions.sort();
+    assert_eq!(revisions, (1..=30).collect::<Vec<_>>());
+    assert_eq!(b.revision().unwrap(), 30);
+    assert_eq!(b.list(Some("K")).unwrap().len(), 30);
+}
+
+#[test]
+fn etcd_two_stores_expiring_leases_at_once_remove_each_instance_once() {
+    let (_server, a, b) = etcd_pair();
+    for i in 0..150 {
+        a.put_instance(key("WorkloadEntry", "ns", &format!("vm{i:03}")), "t", json!({"i": i}), Some(100)).unwrap();
+    }
+    a.put_instance(key("WorkloadEntry", "ns", "later"), "t", json!({}), Some(10_000)).unwrap();
+    let sweep = |store: Store| std::thread::spawn(move || store.expire_leases(5_000).unwrap());
+    let (ga, gb) = (sweep(a.clone()), sweep(b.clone()));
+    let (ga, gb) = (ga.join().unwrap(), gb.join().unwrap());
+    assert_eq!(ga.len() + gb.len(), 150, "every expired instance removed by exactly one store");
+    let both: BTreeSet<_> = ga.iter().chain(&gb).collect();
+    assert_eq!(both.len(), 150);
+    let left: Vec<_> = b.list_instances().unwrap().into_iter().map(|i| i.key.name).collect();
+    assert_eq!(left, ["later"]);
+}
+
+#[test]
+fn etcd_prefixes_keep_stores_apart() {
+    let server = EtcdServer::start().expect("start etcd");
+    let one = Store::open_etcd(&EtcdConfig::from_url(&server.url("one")).unwrap()).unwrap();
+    let two = Store::open_etcd(&EtcdConfig::from_url(&server.url("one/two")).unwrap()).unwrap();
+    one.apply(vec![obj("K", "ns", "a", json!(1))]).unwrap();
+    assert!(two.list(None).unwrap().is_empty());
+    assert_eq!(two.revision().unwrap(), 0);
+}
+
+#[test]
+fn etcd_unreachable_fails_as_unavailable_and_recovers_after_a_restart() {
+    let mut server = EtcdServer::start().expect("start etcd");
+    let url = server.url("outage");
+    let cfg = EtcdConfig { request_timeout: Duration::from_secs(2), ..EtcdConfig::from_url(&url).unwrap() };
+    let a = Store::open_etcd(&cfg).unwrap();
+    let b = Store::open_etcd(&cfg).unwrap();
+    a.apply(vec![obj("K", "ns", "before", json!(1))]).unwrap();
+
+    server.kill();
+    let err = a.apply(vec![obj("K", "ns", "during", json!(2))]).unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(err.to_string().contains(&url), "the error names the store: {err}");
+    assert!(a.list(None).unwrap_err().is_unavailable());
+    assert!(a.allocate_vips(&[pair("t", "h")]).unwrap_err().is_unavailable());
+
+    server.restart().expect("restart etcd");
+    let mut rx = b.watch();
+    let applied = a.apply(vec![obj("K", "ns", "after", json!(3))]).unwrap();
+    assert_eq!(applied[0].revision, 2, "nothing of the failed apply was written");
+    wait_for_revision(&mut rx, 2);
+    let names: Vec<_> = b.list(None).unwrap().into_iter().map(|o| o.key.name).collect();
+    assert_eq!(names, ["after", "before"]);
+}
+
+#[test]
+fn etcd_open_fails_clearly_when_nothing_listens() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("etcd://127.0.0.1:{port}/x");
+    let cfg = EtcdConfig { request_timeout: Duration::from_secs(1), ..EtcdConfig::from_url(&url).unwrap() };
+    let err = Store::open_etcd(&cfg).unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(err.to_string().contains(&url), "{err}");
+}
+
+/// Writes raw keys next to a store's, as another program (or a newer weft) would.
+fn raw_put(server: &EtcdServer, key: &str, value: &str) {
+    runtime().block_on(async {
+        let client = weft_etcd::Client::new(&[server.endpoint()], Default::default()).unwrap();
+        let txn = weft_etcd::pb::TxnRequest {
+            compare: vec![],
+            success: vec![weft_etcd::op::put(key, value)],
+            failure: vec![],
+        };
+        client.txn(txn).await.unwrap();
+    });
+}
+
+#[test]
+fn etcd_a_newer_schema_or_a_foreign_prefix_is_refused() {
+    let server = EtcdServer::start().expect("start etcd");
+    let newer = EtcdConfig::from_url(&server.url("newer")).unwrap();
+    drop(Store::open_etcd(&newer).unwrap());
+    raw_put(&server, "/newer/meta/schema_version", "2");
+    let err = Store::open_etcd(&newer).unwrap_err();
+    assert!(matches!(err, StoreError::SchemaTooNew { found: 2, .. }), "{err:?}");
+    assert!(err.to_string().contains("newer"), "{err}");
+
+    raw_put(&server, "/foreign/something", "x");
+    let err = Store::open_etcd(&EtcdConfig::from_url(&server.url("foreign")).unwrap()).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains("not a weft store"), "{err}");
 }

@@ -12,6 +12,7 @@
 //! * [`WeftProcess`]: runs the `weft` binary, waits for its ready file and
 //!   captures its output.
 //! * [`http_get`], [`h2c_get`], [`HttpConn`]: small hyper-based clients.
+//! * [`EtcdServer`]: a real etcd member on loopback ports, killed on drop.
 //! * [`tools`]: external tools (`curl`, `h2load`, envoy, ...) and root checks.
 //! * [`netns`]: network namespaces standing for hosts (root-only tests).
 //! * [`envoy`]: Envoy bootstraps (ADS, or static with generated resources inline) and
@@ -25,6 +26,7 @@
 pub mod ads;
 mod client;
 pub mod envoy;
+mod etcd;
 mod grpc;
 mod http_backend;
 pub mod netns;
@@ -36,6 +38,7 @@ mod util;
 mod ws;
 
 pub use client::{h2c_get, http_get, http_request, HttpConn, HttpResponse, HttpVersion};
+pub use etcd::EtcdServer;
 pub use grpc::{grpc_say, GrpcBackend, GrpcClient, SayReply, SayRequest, GRPC_SAY_PATH, GRPC_SAY_STREAM_PATH};
 pub use http_backend::{HttpBackend, Mode, RecordedRequest};
 pub use process::{ReadyInfo, WeftBuilder, WeftProcess};
