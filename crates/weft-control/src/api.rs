@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use weft_istio::Kind;
 use weft_store::ObjKey;
 
-use crate::plane::{now_unix_ms, Plane};
+use crate::plane::{now_unix_ms, FailureKind, Plane, StoreFailure};
 use crate::wire::*;
 
 /// Largest request body the API reads (a big multi-document apply fits easily).
@@ -69,6 +69,17 @@ fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Reply {
 
 fn error(status: StatusCode, errors: Vec<String>) -> Reply {
     json(status, &ErrorResponse { errors })
+}
+
+/// A store call that failed: 503 while the store cannot be reached (etcd down: retry later; the
+/// mesh keeps being served), 422 for input the store refuses, 500 for anything else.
+fn store_error(e: StoreFailure) -> Reply {
+    let status = match e.kind {
+        FailureKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        FailureKind::BadInput => StatusCode::UNPROCESSABLE_ENTITY,
+        FailureKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, vec![e.message])
 }
 
 fn query<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
@@ -148,7 +159,7 @@ async fn handle(plane: &Arc<Plane>, req: Request<Incoming>) -> Reply {
             match plane.blocking(move |s| s.remove_instance(&key)).await {
                 Ok(true) => json(StatusCode::OK, &serde_json::json!({"deleted": true})),
                 Ok(false) => error(StatusCode::NOT_FOUND, vec![format!("instance {ns}/{name} not found")]),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, vec![e]),
+                Err(e) => store_error(e),
             }
         }
         _ => error(StatusCode::NOT_FOUND, vec![format!("no such API: {} {}", req.method(), path)]),
@@ -251,7 +262,7 @@ async fn apply(plane: &Arc<Plane>, req: ApplyRequest, dry_run: bool) -> Reply {
                 .collect();
             json(StatusCode::OK, &ApplyResponse { results, dry_run: false })
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, vec![e]),
+        Err(e) => store_error(e),
     }
 }
 
@@ -284,7 +295,7 @@ async fn delete_keys(plane: &Arc<Plane>, keys: Vec<ObjKey>) -> Reply {
             let status = if results.len() == 1 && !results[0].deleted { StatusCode::NOT_FOUND } else { StatusCode::OK };
             json(status, &DeleteResponse { results })
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, vec![e]),
+        Err(e) => store_error(e),
     }
 }
 
@@ -304,7 +315,7 @@ async fn list(plane: &Arc<Plane>, kind: Option<Kind>) -> Reply {
     let kind = kind.map(|k| k.as_str().to_string());
     match plane.blocking(move |s| s.list(kind.as_deref())).await {
         Ok(objs) => json(StatusCode::OK, &ListResponse { items: objs.into_iter().map(stored).collect() }),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, vec![e]),
+        Err(e) => store_error(e),
     }
 }
 
@@ -314,15 +325,22 @@ async fn get_one(plane: &Arc<Plane>, kind: Kind, ns: &str, name: &str) -> Reply 
     match plane.blocking(move |s| s.get(&k2)).await {
         Ok(Some(o)) => json(StatusCode::OK, &stored(o)),
         Ok(None) => error(StatusCode::NOT_FOUND, vec![format!("{key} not found")]),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, vec![e]),
+        Err(e) => store_error(e),
     }
 }
 
 async fn check(plane: &Arc<Plane>) -> Reply {
     let view = plane.view();
+    let mut warnings = view.warnings.clone();
     let store_revision = match plane.blocking(|s| s.revision()).await {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, vec![e]),
+        // The proxies' status is still worth showing: with the newest revision this control
+        // plane has seen, and the outage among the warnings.
+        Err(e) if e.kind == FailureKind::Unavailable => {
+            warnings.insert(0, format!("{}; serving the mesh built at revision {}", e.message, view.revision));
+            *plane.store().watch().borrow()
+        }
+        Err(e) => return store_error(e),
     };
     let not_applied = view
         .resources
@@ -338,7 +356,7 @@ async fn check(plane: &Arc<Plane>) -> Reply {
             store_revision,
             rebuilds: plane.rebuilds(),
             services: view.services,
-            warnings: view.warnings.clone(),
+            warnings,
             not_applied,
             proxies,
         },
@@ -383,7 +401,7 @@ async fn list_instances(plane: &Arc<Plane>) -> Reply {
                     .collect(),
             },
         ),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, vec![e]),
+        Err(e) => store_error(e),
     }
 }
 
@@ -407,7 +425,7 @@ async fn put_instance(plane: &Arc<Plane>, ns: String, name: String, req: Instanc
         Ok(revision) => {
             json(StatusCode::OK, &InstanceResponse { namespace: ns, name, revision, lease_expires_unix_ms: expires })
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, vec![e]),
+        Err(e) => store_error(e),
     }
 }
 
@@ -420,7 +438,7 @@ async fn renew(plane: &Arc<Plane>, ns: String, name: String, req: RenewRequest) 
             &InstanceResponse { namespace: ns, name, revision: 0, lease_expires_unix_ms: Some(expires) },
         ),
         Ok(false) => error(StatusCode::NOT_FOUND, vec![format!("instance {ns}/{name} not found (lease expired?)")]),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, vec![e]),
+        Err(e) => store_error(e),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `weft control`: the control plane.
 //!
 //! ```text
-//!  weft apply ──HTTP/JSON──► api ──► weft-istio (validate) ──► weft-store (durable, redb)
+//!  weft apply ──HTTP/JSON──► api ──► weft-istio (validate) ──► weft-store (durable: redb or etcd)
 //!                                                                   │ revision watch
 //!                                            debounce ◄─────────────┘
 //!                                               │ rebuild (blocking pool)
@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use plane::Plane;
+pub use weft_store::{EtcdConfig, Location as StoreLocation};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -32,12 +33,17 @@ pub enum ControlError {
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("xDS server: {0}")]
     Ads(String),
+    #[error("building the first mesh from the store: {0}")]
+    FirstBuild(String),
 }
 
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
+    /// Keep the store in etcd instead (several control planes may share it); `data_dir` is
+    /// then unused.
+    pub etcd: Option<EtcdConfig>,
     /// ADS (gRPC) listen address.
     pub xds_listen: SocketAddr,
     /// Operator API listen address.
@@ -54,11 +60,22 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             data_dir: PathBuf::from("weft-data"),
+            etcd: None,
             xds_listen: SocketAddr::from(([127, 0, 0, 1], 15010)),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 15014)),
             debounce: Duration::from_millis(100),
             max_debounce: Duration::from_secs(1),
             lease_sweep: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Options {
+    /// Where the store lives: etcd when configured, else the embedded file in `data_dir`.
+    pub fn store_location(&self) -> StoreLocation {
+        match &self.etcd {
+            Some(cfg) => StoreLocation::Etcd(cfg.clone()),
+            None => StoreLocation::Dir(self.data_dir.clone()),
         }
     }
 }
@@ -80,12 +97,13 @@ pub struct Control {
 impl Control {
     /// Opens the store, builds the first mesh from it, binds both listeners and serves.
     pub async fn start(opts: Options) -> Result<Control, ControlError> {
-        let dir = opts.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || weft_store::Store::open(&dir))
+        let location = opts.store_location();
+        let store = tokio::task::spawn_blocking(move || weft_store::Store::open_at(&location))
             .await
             .map_err(|e| ControlError::Ads(format!("store open task: {e}")))??;
         let plane = Arc::new(Plane::new(store, opts.clone()));
-        plane.rebuild_now().await;
+        // Serving an empty mesh because the first read failed would wipe every proxy's config.
+        plane.rebuild_now().await.map_err(ControlError::FirstBuild)?;
 
         let xds = tokio::net::TcpListener::bind(opts.xds_listen).await.map_err(|source| ControlError::Bind {
             what: "--xds-listen",
@@ -115,7 +133,7 @@ impl Control {
         tasks.push(tokio::spawn(api::serve(api, plane.clone(), rx.clone())));
         tasks.push(tokio::spawn(plane.clone().rebuild_loop(rx.clone())));
         tasks.push(tokio::spawn(plane.clone().lease_loop(rx)));
-        tracing::info!(%xds_addr, %api_addr, data_dir = %opts.data_dir.display(), "control plane serving");
+        tracing::info!(%xds_addr, %api_addr, store = %plane.store().location(), "control plane serving");
         Ok(Control { xds_addr, api_addr, plane, shutdown, tasks })
     }
 

@@ -48,6 +48,22 @@ impl Source for MeshSource {
     }
 }
 
+/// Why a store call made for the API failed, which decides the HTTP status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The store could not be reached: nothing was written, the call may be retried.
+    Unavailable,
+    /// The store refused the input.
+    BadInput,
+    Internal,
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreFailure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
 pub fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -89,7 +105,9 @@ impl Plane {
     }
 
     /// Rebuilds the mesh from the store and publishes it (the work runs on the blocking pool).
-    pub async fn rebuild_now(self: &Arc<Self>) {
+    /// On failure (the store unreachable) the previous mesh keeps being served; the error is
+    /// returned, and logged.
+    pub async fn rebuild_now(self: &Arc<Self>) -> Result<(), String> {
         let me = self.clone();
         let started = Instant::now();
         let built = tokio::task::spawn_blocking(move || me.build()).await;
@@ -106,9 +124,16 @@ impl Plane {
                 );
                 self.view.store(view);
                 self.rebuilds.fetch_add(1, Relaxed);
+                Ok(())
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "rebuild failed; still serving the previous mesh"),
-            Err(e) => tracing::error!(error = %e, "rebuild task failed; still serving the previous mesh"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "rebuild failed; still serving the previous mesh");
+                Err(e.to_string())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "rebuild task failed; still serving the previous mesh");
+                Err(e.to_string())
+            }
         }
     }
 
@@ -140,7 +165,9 @@ impl Plane {
         let wanted = Mesh::hosts_needing_vips(&resources, &instances);
         let vips = self.store.allocate_vips(&wanted)?;
         let keep: BTreeSet<(String, String)> = wanted.into_iter().collect();
-        self.store.release_vips(&keep)?;
+        // Only from a view of the newest revision: another control plane on the same store may
+        // already serve a newer change whose hosts hold addresses this view does not know.
+        self.store.release_vips_at(&keep, revision)?;
         let vips = vips.into_iter().map(|(k, v)| (k, std::net::IpAddr::V4(v))).collect();
         let input = Input { resources: resources.clone(), instances, vips, options: Default::default() };
         let (mesh, mesh_warnings) = Mesh::build(input);
@@ -150,12 +177,18 @@ impl Plane {
     }
 
     /// Rebuilds after every store change, once the store has been quiet for `debounce` (or at
-    /// most `max_debounce` after the first change of a burst).
+    /// most `max_debounce` after the first change of a burst). A failed rebuild (the store
+    /// unreachable) is retried with a growing pause until one succeeds, so a change seen just
+    /// before an outage is served once the store is back.
     pub async fn rebuild_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        const FIRST_RETRY: Duration = Duration::from_millis(250);
         let mut changes = self.store.watch();
+        let mut retry: Option<Duration> = None;
         loop {
+            let pause = tokio::time::sleep(retry.unwrap_or(Duration::from_secs(3600)));
             tokio::select! {
                 r = changes.changed() => if r.is_err() { return },
+                _ = pause, if retry.is_some() => {}
                 _ = crate::stopped(&mut stop) => return,
             }
             let first = Instant::now();
@@ -172,16 +205,20 @@ impl Plane {
                 }
             }
             changes.borrow_and_update();
-            if *changes.borrow() == self.view.load().revision {
+            if retry.is_none() && *changes.borrow() == self.view.load().revision {
                 continue;
             }
-            self.rebuild_now().await;
+            retry = match self.rebuild_now().await {
+                Ok(()) => None,
+                Err(_) => Some(retry.map_or(FIRST_RETRY, |d| (d * 2).min(Duration::from_secs(5)))),
+            };
         }
     }
 
     /// Removes instances whose lease ran out (their host stopped renewing).
     pub async fn lease_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.opts.lease_sweep);
+        let mut failing = false;
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -191,12 +228,20 @@ impl Plane {
             let store = self.store.clone();
             match tokio::task::spawn_blocking(move || store.expire_leases(now_unix_ms())).await {
                 Ok(Ok(gone)) => {
+                    if failing {
+                        tracing::info!("lease sweep works again");
+                        failing = false;
+                    }
                     for key in gone {
                         tracing::info!(instance = %key, "lease expired; instance removed");
                     }
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "lease sweep failed"),
-                Err(_) => {}
+                // Once per outage: a store that is away fails every sweep until it is back.
+                Ok(Err(e)) if !failing => {
+                    tracing::warn!(error = %e, "lease sweep failed");
+                    failing = true;
+                }
+                Ok(Err(_)) | Err(_) => {}
             }
         }
     }
@@ -205,13 +250,19 @@ impl Plane {
     pub async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, weft_store::StoreError> + Send + 'static,
-    ) -> Result<T, String> {
+    ) -> Result<T, StoreFailure> {
         let store = self.store.clone();
+        let failure = |kind, message| Err(StoreFailure { kind, message });
         match tokio::time::timeout(Duration::from_secs(30), tokio::task::spawn_blocking(move || f(&store))).await {
             Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(e))) => Err(e.to_string()),
-            Ok(Err(e)) => Err(format!("store task failed: {e}")),
-            Err(_) => Err("store did not answer within 30s".to_string()),
+            Ok(Ok(Err(e))) if e.is_unavailable() => failure(
+                FailureKind::Unavailable,
+                format!("{e} (the store is unavailable: nothing was written; retry later)"),
+            ),
+            Ok(Ok(Err(e))) if e.is_bad_input() => failure(FailureKind::BadInput, e.to_string()),
+            Ok(Ok(Err(e))) => failure(FailureKind::Internal, e.to_string()),
+            Ok(Err(e)) => failure(FailureKind::Internal, format!("store task failed: {e}")),
+            Err(_) => failure(FailureKind::Unavailable, "the store did not answer within 30s".to_string()),
         }
     }
 }

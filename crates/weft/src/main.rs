@@ -75,6 +75,10 @@ struct ControlArgs {
     /// Directory of the embedded store (created when missing).
     #[arg(long, default_value = "weft-data")]
     data_dir: PathBuf,
+    /// Keep the store in etcd instead of --data-dir, shared by every control plane given the same
+    /// URL (high availability): `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`, prefix `weft` by default.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// ADS (gRPC) listen address for proxies, Envoy and proxyless gRPC clients.
     #[arg(long, default_value = "127.0.0.1:15010")]
     xds_listen: std::net::SocketAddr,
@@ -225,9 +229,17 @@ fn run_control(a: ControlArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let etcd = match a.store.as_deref().map(weft_control::EtcdConfig::from_url).transpose() {
+        Ok(etcd) => etcd,
+        Err(e) => {
+            eprintln!("weft: --store: {e}");
+            return ExitCode::from(64);
+        }
+    };
     rt.block_on(async move {
         let opts = weft_control::Options {
             data_dir: a.data_dir,
+            etcd,
             xds_listen: a.xds_listen,
             api_listen: a.api_listen,
             debounce: a.debounce,
