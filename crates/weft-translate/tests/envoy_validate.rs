@@ -198,7 +198,16 @@ fn check_plan(envoy: &Path, dir: &Path, plan: &istio::Plan, tally: &Tally) -> Re
         .map(|(k, key)| (key, IpAddr::from([240, 240, (k / 250) as u8, (k % 250 + 1) as u8])))
         .collect::<std::collections::BTreeMap<_, _>>();
     let specs = node_specs(plan, &rendered.workload_ips);
-    let (mesh, _) = Mesh::build(Input { resources, instances, vips: vips.clone(), options: Default::default() });
+    let (registry_only, no_default_retry, no_locality_lb) = plan.options;
+    let options =
+        [("registry_only", registry_only), ("no_default_retry", no_default_retry), ("no_locality_lb", no_locality_lb)];
+    let mut input = Input { resources, instances, vips: vips.clone(), options: Default::default() };
+    if registry_only {
+        input.options.outbound_mode = weft_istio::OutboundMode::RegistryOnly;
+    }
+    input.options.default_retry = !no_default_retry;
+    input.options.locality_lb = !no_locality_lb;
+    let (mesh, _) = Mesh::build(input);
     let sets: Vec<(String, ResourceSet)> = specs
         .iter()
         .enumerate()
@@ -219,6 +228,9 @@ fn check_plan(envoy: &Path, dir: &Path, plan: &istio::Plan, tally: &Tally) -> Re
     }
     for ((tenant, host), ip) in &vips {
         case.push_str(&format!("# golden: vip {tenant} {host} {ip}\n"));
+    }
+    for (option, _) in options.iter().filter(|(_, on)| *on) {
+        case.push_str(&format!("# golden: option {option}\n"));
     }
     for spec in &specs {
         case.push_str(&format!("# golden: node {spec}\n"));

@@ -147,6 +147,7 @@ pub enum ActionPlan {
     Route(Vec<(DestinationPlan, u32)>),
     Redirect { uri: bool, authority: bool, port: u8, scheme: Option<bool>, code: Option<Index> },
     DirectResponse { status: Index, body: u8 },
+    Delegate,
 }
 
 #[derive(Clone, Debug)]
@@ -194,6 +195,8 @@ pub struct VirtualServicePlan {
     tcp: Vec<L4RoutePlan>,
     tls: Vec<L4RoutePlan>,
     export_to: u8,
+    /// 0 none, 1 `mesh`, 2 `mesh` and a gateway, 3 a gateway only.
+    gateways: u8,
 }
 
 #[derive(Clone, Debug)]
@@ -294,6 +297,8 @@ pub struct Plan {
     sidecars: Vec<SidecarPlan>,
     bind_sidecar: SidecarPlan,
     pub nodes: NodePlan,
+    /// Mesh options: `registry_only`, `no_default_retry`, `no_locality_lb` (golden `option`s).
+    pub options: (bool, bool, bool),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -483,6 +488,7 @@ fn action_plan() -> impl Strategy<Value = ActionPlan> {
         1 => (any::<bool>(), any::<bool>(), 0u8..4, prop::option::of(any::<bool>()), prop::option::of(any::<Index>()))
             .prop_map(|(uri, authority, port, scheme, code)| ActionPlan::Redirect { uri, authority, port, scheme, code }),
         1 => (any::<Index>(), 0u8..3).prop_map(|(status, body)| ActionPlan::DirectResponse { status, body }),
+        1 => Just(ActionPlan::Delegate),
     ]
 }
 
@@ -549,8 +555,9 @@ fn virtual_service_plan() -> BoxedStrategy<VirtualServicePlan> {
         prop::collection::vec(l4_route_plan(), 0..2),
         prop::collection::vec(l4_route_plan(), 0..2),
         0u8..4,
+        prop_oneof![6 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)],
     )
-        .prop_map(|(ns, hosts, unknown_host, http, tcp, tls, export_to)| VirtualServicePlan {
+        .prop_map(|(ns, hosts, unknown_host, http, tcp, tls, export_to, gateways)| VirtualServicePlan {
             ns,
             hosts,
             unknown_host,
@@ -558,6 +565,7 @@ fn virtual_service_plan() -> BoxedStrategy<VirtualServicePlan> {
             tcp,
             tls,
             export_to,
+            gateways,
         })
         .boxed()
 }
@@ -729,6 +737,7 @@ pub fn plan() -> impl Strategy<Value = Plan> {
         prop::collection::vec(sidecar_plan(), 0..3),
         bind_sidecar_plan(),
         (ns(), any::<Index>(), ns(), ns()),
+        (prop::bool::weighted(0.15), prop::bool::weighted(0.15), prop::bool::weighted(0.15)),
     )
         .prop_map(
             |(
@@ -740,6 +749,7 @@ pub fn plan() -> impl Strategy<Value = Plan> {
                 sidecars,
                 bind_sidecar,
                 (capture_ns, capture_ip, bind_ns, proxy_ns),
+                options,
             )| Plan {
                 services,
                 workloads,
@@ -749,6 +759,7 @@ pub fn plan() -> impl Strategy<Value = Plan> {
                 sidecars,
                 bind_sidecar,
                 nodes: NodePlan { capture_ns, capture_ip, bind_ns, proxy_ns },
+                options,
             },
         )
 }
@@ -1049,7 +1060,13 @@ fn workload_entry(i: usize, w: &WorkloadPlan, services: &[Rendered]) -> (Value, 
     let s = &services[w.service.index(services.len())];
     let ns = if w.ns_of_service { s.ns } else { NAMESPACES[w.ns] };
     let ip = format!("10.50.{i}.{}", w.host + 1);
-    let mut spec = json!({"address": ip, "labels": workload_labels(w, s)});
+    let mut spec = json!({"labels": workload_labels(w, s)});
+    if w.host == 5 {
+        // Reached through its network's gateway, no address of its own.
+        spec["network"] = json!("net-2");
+    } else {
+        spec["address"] = json!(ip);
+    }
     if let Some(l) = &w.locality {
         spec["locality"] = json!(pick(&LOCALITIES, l));
     }
@@ -1216,6 +1233,7 @@ fn http_route_value(k: usize, r: &HttpRoutePlan, ports: &[(u16, String, String)]
             }
             o.insert("redirect".into(), Value::Object(rd));
         }
+        ActionPlan::Delegate => drop(o.insert("delegate".into(), json!({"name": "vs-0", "namespace": "shop"}))),
         ActionPlan::DirectResponse { status, body } => {
             let mut d = json!({"status": pick(&[200, 204, 404, 503], status)});
             match body {
@@ -1375,6 +1393,12 @@ fn virtual_service(i: usize, vs: &VirtualServicePlan, services: &[Rendered]) -> 
     }
     if let Some(e) = export_to(vs.export_to, false) {
         spec["exportTo"] = e;
+    }
+    match vs.gateways {
+        1 => spec["gateways"] = json!(["mesh"]),
+        2 => spec["gateways"] = json!(["mesh", "shop/edge"]),
+        3 => spec["gateways"] = json!(["shop/edge"]),
+        _ => {}
     }
     Some(doc("VirtualService", &format!("vs-{i}"), ns, spec))
 }
@@ -1633,7 +1657,8 @@ fn sidecar(name: &str, ns: &str, sc: &SidecarPlan, app: &str, services: &[Render
         }
         let mut v = json!({"port": {"number": number, "protocol": pick(&PROTOCOLS, &i.protocol), "name": format!("in-{number}")}});
         if i.bind {
-            v["bind"] = json!("10.70.0.1");
+            // Now and then the address of the first egress listener's bind (127.0.90.1).
+            v["bind"] = json!(if i.default_endpoint == 0 { "127.0.90.1" } else { "10.70.0.1" });
         }
         match i.capture {
             1 => v["captureMode"] = json!("NONE"),
