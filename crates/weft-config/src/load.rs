@@ -453,6 +453,11 @@ impl Validator<'_> {
                         return Err(self.err(format!("{wf}.name"), format!("unknown cluster {:?}", w.name)));
                     }
                     total += w.weight as u64;
+                    if let Some(h) = &w.host_rewrite {
+                        if http::HeaderValue::from_str(h).is_err() || h.is_empty() {
+                            return Err(self.err(format!("{wf}.host_rewrite"), format!("invalid host {h:?}")));
+                        }
+                    }
                     let (request_headers, response_headers) = self.header_ops(
                         &wf,
                         (
@@ -462,7 +467,13 @@ impl Validator<'_> {
                             w.response_headers_to_remove,
                         ),
                     )?;
-                    out.push(WeightedCluster { name: w.name, weight: w.weight, request_headers, response_headers });
+                    out.push(WeightedCluster {
+                        name: w.name,
+                        weight: w.weight,
+                        request_headers,
+                        response_headers,
+                        host_rewrite: w.host_rewrite,
+                    });
                 }
                 if total == 0 {
                     return Err(self.err(format!("{field}.weighted_clusters"), "total weight must be greater than 0"));

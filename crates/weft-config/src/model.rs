@@ -459,6 +459,9 @@ pub struct WeightedCluster {
     pub weight: u32,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// The authority sent to this cluster, over the route's `host_rewrite` (Envoy's
+    /// `ClusterWeight.host_rewrite_literal`).
+    pub host_rewrite: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

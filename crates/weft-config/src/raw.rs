@@ -281,6 +281,7 @@ pub struct Forward {
 pub struct WeightedCluster {
     pub name: String,
     pub weight: u32,
+    pub host_rewrite: Option<String>,
     #[serde(default)]
     pub request_headers_to_add: Vec<HeaderValue>,
     #[serde(default)]

@@ -412,7 +412,11 @@ async fn forward(
     // The proxy answers 100-continue itself (hyper does when the body is first read).
     headers.remove(header::EXPECT);
     let new_path = weft_route::rewrite_path(fw, &route.matcher.path, path).unwrap_or_else(|| path.to_string());
-    let new_authority = fw.host_rewrite.clone().unwrap_or_else(|| authority.to_string());
+    // A weighted cluster's own rewrite wins over the route's, as in Envoy.
+    let new_authority = wc
+        .and_then(|w| w.host_rewrite.clone())
+        .or_else(|| fw.host_rewrite.clone())
+        .unwrap_or_else(|| authority.to_string());
 
     let hash = if fw.hash_policy.is_empty() {
         None

@@ -530,6 +530,7 @@ fn wc(name: &str, weight: u32) -> WeightedCluster {
         weight,
         request_headers: HeaderOps::default(),
         response_headers: HeaderOps::default(),
+        host_rewrite: None,
     }
 }
 

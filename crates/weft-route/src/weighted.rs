@@ -9,6 +9,7 @@ static NO_CLUSTER: WeightedCluster = WeightedCluster {
     weight: 0,
     request_headers: HeaderOps { add: Vec::new(), remove: Vec::new() },
     response_headers: HeaderOps { add: Vec::new(), remove: Vec::new() },
+    host_rewrite: None,
 };
 
 /// The sum of the weights; draw the roll for [`pick_weighted`] uniformly from `[0, total)`.

@@ -1175,6 +1175,11 @@ fn route_configurations_convert() {
                     name: "outbound|9080|v1|reviews".into(),
                     weight: u32v(90),
                     request_headers_to_add: vec![header_value("x-subset", "v1", None, 2)],
+                    host_rewrite_specifier: Some(
+                        rt::weighted_cluster::cluster_weight::HostRewriteSpecifier::HostRewriteLiteral(
+                            "v1.reviews.internal".into(),
+                        ),
+                    ),
                     ..Default::default()
                 },
                 rt::weighted_cluster::ClusterWeight {
@@ -1421,12 +1426,14 @@ fn route_configurations_convert() {
                         remove: vec![],
                     },
                     response_headers: HeaderOps::default(),
+                    host_rewrite: Some("v1.reviews.internal".into()),
                 },
                 WeightedCluster {
                     name: "outbound|9080|v2|reviews".into(),
                     weight: 10,
                     request_headers: HeaderOps::default(),
                     response_headers: HeaderOps::default(),
+                    host_rewrite: None,
                 },
             ]),
             prefix_rewrite: None,

@@ -50,6 +50,10 @@ route_configs:
             route: {{ cluster: a, prefix_rewrite: /v1/ }}
           - match: {{ prefix: /rehost }}
             route: {{ cluster: a, host_rewrite: upstream.internal }}
+          - match: {{ prefix: /cw-rehost }}
+            route:
+              host_rewrite: upstream.internal
+              weighted_clusters: [{{ name: a, weight: 1, host_rewrite: a.internal }}, {{ name: b, weight: 0 }}]
           - match: {{ path: /old }}
             redirect: {{ path: /new, response_code: 302 }}
           - match: {{ prefix: /secure }}
@@ -160,6 +164,10 @@ async fn host_rewrite_changes_the_upstream_host() {
     let resp = get(&r, "/rehost", &[("host", "public.test")]).await;
     assert_eq!(resp.status, 200);
     assert_eq!(r.a.last_request().unwrap().host.as_deref(), Some("upstream.internal"));
+    // A weighted cluster's own rewrite wins over the route's.
+    let resp = get(&r, "/cw-rehost", &[("host", "public.test")]).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(r.a.last_request().unwrap().host.as_deref(), Some("a.internal"));
 }
 
 #[tokio::test]

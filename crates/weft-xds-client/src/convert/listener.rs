@@ -509,6 +509,7 @@ fn tcp_proxy(ctx: &Ctx, f: &str, t: &tcp::TcpProxy, listener: &str) -> R<TcpProx
                     weight: c.weight,
                     request_headers: Default::default(),
                     response_headers: Default::default(),
+                    host_rewrite: None,
                 });
             }
             if out.iter().map(|c| c.weight as u64).sum::<u64>() == 0 {

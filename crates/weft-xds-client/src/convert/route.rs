@@ -400,9 +400,17 @@ fn weighted(ctx: &Ctx, f: &str, w: &pb::WeightedCluster) -> R<ClusterSpecifier> 
         if c.metadata_match.is_some() {
             return Err(ctx.unsupported(format!("{cf}.metadata_match")));
         }
-        if c.host_rewrite_specifier.is_some() {
-            return Err(ctx.unsupported(format!("{cf}.host_rewrite_literal")));
-        }
+        use pb::weighted_cluster::cluster_weight::HostRewriteSpecifier as CH;
+        let host_rewrite = match &c.host_rewrite_specifier {
+            None => None,
+            Some(CH::HostRewriteLiteral(h)) if h.is_empty() => None,
+            Some(CH::HostRewriteLiteral(h)) => {
+                if http::HeaderValue::from_str(h).is_err() {
+                    return Err(ctx.err(format!("{cf}.host_rewrite_literal"), format!("invalid host {h:?}")));
+                }
+                Some(h.clone())
+            }
+        };
         if per_filter_fault(ctx, &cf, &c.typed_per_filter_config)?.is_some() {
             return Err(
                 ctx.err(format!("{cf}.typed_per_filter_config"), "faults per weighted cluster are not supported")
@@ -419,6 +427,7 @@ fn weighted(ctx: &Ctx, f: &str, w: &pb::WeightedCluster) -> R<ClusterSpecifier> 
                 &c.response_headers_to_remove,
                 "response",
             )?,
+            host_rewrite,
         });
     }
     if out.iter().map(|c| c.weight as u64).sum::<u64>() == 0 {
