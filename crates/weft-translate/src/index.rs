@@ -289,6 +289,23 @@ pub fn build(input: &Input, warnings: &mut Vec<Warning>) -> BTreeMap<String, Ten
                 }));
             }
             Spec::Sidecar(sc) => {
+                // Listeners are named by address and port: an ingress and an egress listener on
+                // the same bind address and port would be one listener, the ingress one.
+                for l in &sc.ingress {
+                    let Some(bind) = &l.bind else { continue };
+                    let clash = sc.egress.iter().any(|e| {
+                        e.bind.as_ref() == Some(bind) && e.port.as_ref().is_some_and(|p| p.number == l.port.number)
+                    });
+                    if clash {
+                        warnings.push(Warning::new(
+                            &key,
+                            format!(
+                                "ingress and egress listeners both bind {bind}:{}; only the ingress listener is served",
+                                l.port.number
+                            ),
+                        ));
+                    }
+                }
                 tenant.sidecars.push(Arc::new(SidecarEntry { key, namespace: ns, spec: sc.clone() }));
             }
             Spec::WorkloadEntry(_) | Spec::Opaque(_) => {}

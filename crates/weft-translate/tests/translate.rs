@@ -422,6 +422,15 @@ spec:
   hosts: [ghost.example.com]
   http:
   - route: [{destination: {host: ghost.example.com}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: vm, namespace: ns1}
+spec:
+  ingress:
+  - {port: {number: 80, name: http}, bind: 127.0.0.2, captureMode: NONE}
+  egress:
+  - {port: {number: 80, name: http}, bind: 127.0.0.2, captureMode: NONE, hosts: ["*/*"]}
 "#;
     let (_, warnings) = mesh(&format!("{SERVICES}{yaml}"));
     let text: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
@@ -429,6 +438,7 @@ spec:
         "VirtualService ns1/bad: destination a.ns1.svc.cluster.local subset nope is not defined by any DestinationRule",
         "VirtualService ns1/ghost: destination host ghost.example.com is not a known service",
         "VirtualService ns1/ghost: host ghost.example.com matches no ServiceEntry host; its routes are not applied",
+        "Sidecar ns1/vm: ingress and egress listeners both bind 127.0.0.2:80; only the ingress listener is served",
     ];
     for w in want {
         assert!(text.iter().any(|t| t == w), "{w:?} not in {text:#?}");
