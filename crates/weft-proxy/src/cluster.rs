@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use weft_config::{Cluster, Discovery, EndpointAddress, EndpointHealth, HealthCheckKind, Labels, LbPolicy};
 
 use crate::body::ProxyBody;
+use crate::h1client::{H1Conn, Idle};
 use crate::worker;
 
 /// Why an upstream connection could not be had.
@@ -147,19 +148,13 @@ impl Host {
 
 #[derive(Default)]
 struct Pool {
-    idle_h1: Vec<IdleConn>,
+    idle_h1: Vec<Idle>,
     h2: Option<http2::SendRequest<ProxyBody>>,
-}
-
-struct IdleConn {
-    tx: http1::SendRequest<ProxyBody>,
-    since: Instant,
-    uses: u32,
 }
 
 /// A connection checked out of the pool for one request.
 pub enum Conn {
-    H1 { tx: http1::SendRequest<ProxyBody>, uses: u32 },
+    H1(H1Conn),
     H2(http2::SendRequest<ProxyBody>),
 }
 
@@ -455,33 +450,21 @@ impl ClusterRt {
                 let mut p = host.pool().lock().unwrap_or_else(|e| e.into_inner());
                 p.idle_h1.pop()
             };
-            let Some(mut c) = idle else { break };
-            if c.tx.is_closed() || c.since.elapsed() > self.cfg.pool.idle_timeout {
-                continue;
-            }
-            // Usually ready at once; otherwise the connection task has not yet seen the end of
-            // the previous response, so wait a little (a timer only on that rare path).
-            use futures_util::FutureExt;
-            match c.tx.ready().now_or_never() {
-                Some(Ok(())) => return Ok(Conn::H1 { tx: c.tx, uses: c.uses }),
-                Some(Err(_)) => continue,
-                None => match tokio::time::timeout(Duration::from_secs(1), c.tx.ready()).await {
-                    Ok(Ok(())) => return Ok(Conn::H1 { tx: c.tx, uses: c.uses }),
-                    _ => continue,
-                },
+            let Some(idle) = idle else { break };
+            // The newest idle connection is taken first; one the upstream closed (or wrote to
+            // unasked) while it waited is dropped.
+            if idle.since.elapsed() <= self.cfg.pool.idle_timeout && idle.conn.is_reusable() {
+                return Ok(Conn::H1(idle.conn));
             }
         }
-        let tx = self.connect_h1(host, false).await?;
-        Ok(Conn::H1 { tx, uses: 0 })
+        let (stream, guard) = self.tcp(host).await?;
+        Ok(Conn::H1(H1Conn::new(stream, Some(guard))))
     }
 
-    /// Returns an HTTP/1 connection after its response completed.
-    pub fn release(&self, host: &Host, tx: http1::SendRequest<ProxyBody>, uses: u32) {
-        if tx.is_closed() {
-            return;
-        }
+    /// Returns an HTTP/1 connection whose response was read whole.
+    pub fn release_h1(&self, host: &Host, conn: H1Conn) {
         if let Some(max) = self.cfg.pool.max_requests_per_connection {
-            if uses >= max {
+            if conn.uses >= max {
                 return;
             }
         }
@@ -492,7 +475,7 @@ impl ClusterRt {
         let expired = p.idle_h1.iter().take_while(|c| now.duration_since(c.since) > self.cfg.pool.idle_timeout).count();
         p.idle_h1.drain(..expired);
         if p.idle_h1.len() < self.cfg.pool.max_idle_per_endpoint {
-            p.idle_h1.push(IdleConn { tx, since: now, uses });
+            p.idle_h1.push(Idle { conn, since: now });
         }
     }
 
@@ -540,11 +523,11 @@ impl ClusterRt {
         self.tcp(host).await
     }
 
-    /// A dedicated HTTP/1 connection; `upgrades` keeps it usable for WebSocket tunnels.
-    pub async fn connect_h1(
+    /// A dedicated hyper HTTP/1 connection for a WebSocket upgrade (its bytes become a tunnel
+    /// after the 101).
+    pub async fn connect_upgradable(
         self: &Arc<Self>,
         host: &Host,
-        upgrades: bool,
     ) -> Result<http1::SendRequest<ProxyBody>, ConnectError> {
         let (stream, guard) = self.tcp(host).await?;
         let (tx, conn) = http1::Builder::new()
@@ -554,11 +537,7 @@ impl ClusterRt {
             .map_err(|e| ConnectError::Handshake(host.addr, e))?;
         tokio::spawn(async move {
             let _guard = guard;
-            if upgrades {
-                let _ = conn.with_upgrades().await;
-            } else {
-                let _ = conn.await;
-            }
+            let _ = conn.with_upgrades().await;
         });
         Ok(tx)
     }
@@ -859,7 +838,7 @@ impl Drop for PendingGuard {
 pub struct CxGuard(Arc<ClusterStats>);
 
 impl CxGuard {
-    fn new(stats: Arc<ClusterStats>) -> CxGuard {
+    pub(crate) fn new(stats: Arc<ClusterStats>) -> CxGuard {
         stats.cx_active.fetch_add(1, Relaxed);
         stats.cx_total.fetch_add(1, Relaxed);
         CxGuard(stats)

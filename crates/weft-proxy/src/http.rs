@@ -578,7 +578,7 @@ async fn forward(
                 resp,
                 rec,
                 ctx.shared.clone(),
-                Some(crate::record::Upstream { cluster, host: up.host, release: up.release, _active: up.active }),
+                Some(crate::record::Upstream { cluster, host: up.host, _active: up.active }),
             )
         }
     }
@@ -595,8 +595,6 @@ pub struct Upstream {
     pub response: Response<ProxyBody>,
     pub host: Arc<Host>,
     pub upstream_time: Duration,
-    /// The HTTP/1 connection to return to the pool when the response ends.
-    pub release: Option<(hyper::client::conn::http1::SendRequest<ProxyBody>, u32)>,
     /// Keeps the host's in-flight count (least-request) until the response ends.
     pub active: ActiveGuard,
 }
@@ -731,9 +729,8 @@ async fn attempts(
                 grpc_code: Some(14),
             });
         };
-        // Without a possible second attempt (or mirror) the headers move instead of being copied.
-        let headers = if replay.is_none() { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
-        let try_fut = try_once(cluster, &host, parts, headers, body, use_h2, path, authority, attempt);
+        // Without a possible second attempt (or mirror) the headers may be moved.
+        let try_fut = try_once(cluster, &host, parts, replay.is_some(), body, use_h2, path, authority, attempt);
         let result = match per_try {
             Some(t) => match tokio::time::timeout(t, try_fut).await {
                 Ok(r) => r,
@@ -869,8 +866,8 @@ pub fn backoff(p: &RetryPolicy, attempt: u32) -> Duration {
 async fn try_once(
     cluster: &Arc<ClusterRt>,
     host: &Arc<Host>,
-    parts: &http::request::Parts,
-    headers: HeaderMap,
+    parts: &mut http::request::Parts,
+    keep_headers: bool,
     body: ProxyBody,
     use_h2: bool,
     path: &str,
@@ -908,64 +905,95 @@ async fn try_once(
             });
         }
     };
+    let active = ActiveGuard::new(host.clone());
+    let h2 = match conn {
+        Conn::H1(conn) => {
+            // The client's origin-form target when the path is unchanged.
+            let target = match parts.uri.path_and_query() {
+                Some(p) if parts.uri.authority().is_none() && p.as_str() == path => p.as_str(),
+                _ => path,
+            };
+            // The head is written from the client's header map as it is: the attempt count and
+            // a rewritten Host go in as they are written.
+            let host_field = match parts.headers.get(header::HOST) {
+                Some(h) if h.as_bytes() == authority.as_bytes() => None,
+                _ => Some(authority),
+            };
+            let mut count = [0u8; 10];
+            let count = decimal(attempt, &mut count);
+            let head = crate::h1client::Head {
+                method: &parts.method,
+                target,
+                host: host_field,
+                headers: &parts.headers,
+                extra: &[(&X_ATTEMPT_COUNT, count)],
+            };
+            let pool = crate::h1client::PoolReturn { cluster: cluster.clone(), host: host.clone() };
+            return match crate::h1client::send(conn, head, body, Some(pool)).await {
+                Ok(resp) => Ok(Upstream {
+                    response: resp.map(body::boxed),
+                    host: host.clone(),
+                    upstream_time: started.elapsed(),
+                    active,
+                }),
+                Err(e) => {
+                    host.rq_error.fetch_add(1, Relaxed);
+                    tracing::debug!(cluster = %cluster.cfg.name, upstream = %host.addr, error = %e, "upstream request failed");
+                    Err(upstream_failure(e.is_protocol(), RetryKind::Reset))
+                }
+            };
+        }
+        Conn::H2(tx) => tx,
+    };
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
-    *req.headers_mut() = headers;
+    *req.headers_mut() = if keep_headers { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
     req.headers_mut().insert(X_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
-    let active = ActiveGuard::new(host.clone());
-    let result = match conn {
-        Conn::H1 { mut tx, uses } => {
-            *req.version_mut() = Version::HTTP_11;
-            // Reuse the client's origin-form URI when the path is unchanged (shares its bytes).
-            *req.uri_mut() =
-                if parts.uri.authority().is_none() && parts.uri.path_and_query().map(|p| p.as_str()) == Some(path) {
-                    parts.uri.clone()
-                } else {
-                    Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"))
-                };
-            if req.headers().get(header::HOST).and_then(|h| h.to_str().ok()) != Some(authority) {
-                if let Ok(v) = HeaderValue::from_str(authority) {
-                    req.headers_mut().insert(header::HOST, v);
-                }
-            }
-            tx.send_request(req).await.map(|resp| (resp, Some((tx, uses + 1))))
-        }
-        Conn::H2(mut tx) => {
-            *req.version_mut() = Version::HTTP_2;
-            *req.uri_mut() =
-                Uri::try_from(format!("http://{authority}{path}")).unwrap_or_else(|_| Uri::from_static("/"));
-            req.headers_mut().remove(header::HOST);
-            tx.send_request(req).await.map(|resp| (resp, None))
-        }
-    };
-    match result {
-        Ok((resp, release)) => Ok(Upstream {
+    *req.version_mut() = Version::HTTP_2;
+    *req.uri_mut() = Uri::try_from(format!("http://{authority}{path}")).unwrap_or_else(|_| Uri::from_static("/"));
+    req.headers_mut().remove(header::HOST);
+    let mut tx = h2;
+    match tx.send_request(req).await {
+        Ok(resp) => Ok(Upstream {
             response: resp.map(body::boxed),
             host: host.clone(),
             upstream_time: started.elapsed(),
-            release,
             active,
         }),
         Err(e) => {
             host.rq_error.fetch_add(1, Relaxed);
             tracing::debug!(cluster = %cluster.cfg.name, upstream = %host.addr, error = %e, "upstream request failed");
-            let (flags, msg, status) = if e.is_parse() || e.is_parse_status() {
-                (Flags::UPSTREAM_PROTOCOL_ERROR, "upstream sent an invalid response", StatusCode::BAD_GATEWAY)
-            } else {
-                (
-                    Flags::UPSTREAM_RESET,
-                    "upstream connect error or disconnect/reset before headers",
-                    StatusCode::SERVICE_UNAVAILABLE,
-                )
-            };
             let kind = if is_refused_stream(&e) { RetryKind::RefusedStream } else { RetryKind::Reset };
-            Err(AttemptError {
-                fail: AttemptFail { status, flags, msg, grpc_code: Some(14) },
-                outcome: Outcome::Reset,
-                kind,
-            })
+            Err(upstream_failure(e.is_parse() || e.is_parse_status(), kind))
         }
     }
+}
+
+/// `n` in decimal, in `buf`.
+fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// An attempt that reached the upstream but got no usable response head.
+fn upstream_failure(protocol_error: bool, kind: RetryKind) -> AttemptError {
+    let (flags, msg, status) = if protocol_error {
+        (Flags::UPSTREAM_PROTOCOL_ERROR, "upstream sent an invalid response", StatusCode::BAD_GATEWAY)
+    } else {
+        (
+            Flags::UPSTREAM_RESET,
+            "upstream connect error or disconnect/reset before headers",
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+    };
+    AttemptError { fail: AttemptFail { status, flags, msg, grpc_code: Some(14) }, outcome: Outcome::Reset, kind }
 }
 
 fn is_refused_stream(e: &hyper::Error) -> bool {
@@ -1018,15 +1046,11 @@ fn spawn_mirror(
     let path = path.to_string();
     tokio::spawn(async move {
         let Some(host) = cluster.pick(None, &[]) else { return };
-        let headers = std::mem::take(&mut parts2.headers);
-        let fut = try_once(&cluster, &host, &parts2, headers, body, use_h2, &path, &shadow, 1);
+        let fut = try_once(&cluster, &host, &mut parts2, false, body, use_h2, &path, &shadow, 1);
         if let Ok(Ok(up)) = tokio::time::timeout(Duration::from_secs(30), fut).await {
             let (_, b) = up.response.into_parts();
-            let read = tokio::time::timeout(Duration::from_secs(30), http_body_util::BodyExt::collect(b)).await;
             // A mirror's connection goes back to the pool like any other once its answer is read.
-            if let (Ok(Ok(_)), Some((tx, uses))) = (read, up.release) {
-                cluster.release(&up.host, tx, uses);
-            }
+            let _ = tokio::time::timeout(Duration::from_secs(30), http_body_util::BodyExt::collect(b)).await;
         }
     });
 }
@@ -1070,7 +1094,7 @@ async fn websocket(
         );
     };
     rec.upstream = Some(host.addr);
-    let mut tx = match cluster.connect_h1(&host, true).await {
+    let mut tx = match cluster.connect_upgradable(&host).await {
         Ok(tx) => tx,
         Err(ConnectError::Overflow) => {
             return local_reply(

@@ -13,6 +13,7 @@ pub mod body;
 pub mod chain;
 pub mod cluster;
 pub mod flags;
+pub mod h1client;
 pub mod h1guard;
 pub mod http;
 pub mod listener;

@@ -104,7 +104,6 @@ impl Record {
 pub struct Upstream {
     pub cluster: Arc<ClusterRt>,
     pub host: Arc<Host>,
-    pub release: Option<(hyper::client::conn::http1::SendRequest<ProxyBody>, u32)>,
     pub _active: ActiveGuard,
 }
 
@@ -137,13 +136,7 @@ impl TrackedBody {
 
     fn finish(&mut self, complete: bool) {
         let Some(mut rec) = self.rec.take() else { return };
-        if let Some(up) = self.up.take() {
-            if complete && !self.errored {
-                if let Some((tx, uses)) = up.release {
-                    up.cluster.release(&up.host, tx, uses);
-                }
-            }
-        }
+        self.up = None;
         if self.errored && rec.idle_fired.as_ref().map(|f| f.load(Relaxed)).unwrap_or(false) {
             rec.flags.insert(Flags::STREAM_IDLE_TIMEOUT);
         } else if self.errored {
