@@ -144,9 +144,12 @@ pub struct ParsedHead {
 /// head is not complete yet.
 pub fn parse_head(buf: &mut BytesMut, request_method: &Method) -> Result<Option<ParsedHead>, H1Error> {
     loop {
-        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut storage);
-        let len = match res.parse(buf) {
+        // Neither array is initialised up front: a response has a handful of fields, the
+        // arrays room for a hundred.
+        let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, buf, &mut storage);
+        let len = match parsed {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => {
                 if buf.len() > MAX_HEAD_BYTES {
@@ -164,13 +167,20 @@ pub fn parse_head(buf: &mut BytesMut, request_method: &Method) -> Result<Option<
         let status = StatusCode::from_u16(code).map_err(|_| H1Error::Invalid("invalid status code"))?;
         let version = if res.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
         // Positions of names and values, so the head's bytes can be frozen and shared.
-        let mut spans: [(usize, usize, usize, usize); MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
-        let base = buf.as_ptr() as usize;
         let count = res.headers.len();
+        let mut small = [[0u32; 4]; 16];
+        let mut large = Vec::new();
+        let spans: &mut [[u32; 4]] = if count <= small.len() {
+            &mut small[..count]
+        } else {
+            large.resize(count, [0u32; 4]);
+            &mut large
+        };
+        let base = buf.as_ptr() as usize;
         for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
-            let n = h.name.as_ptr() as usize - base;
-            let v = h.value.as_ptr() as usize - base;
-            *span = (n, n + h.name.len(), v, v + h.value.len());
+            let n = (h.name.as_ptr() as usize - base) as u32;
+            let v = (h.value.as_ptr() as usize - base) as u32;
+            *span = [n, n + h.name.len() as u32, v, v + h.value.len() as u32];
         }
         let head = buf.split_to(len).freeze();
         if status.is_informational() {
@@ -183,7 +193,8 @@ pub fn parse_head(buf: &mut BytesMut, request_method: &Method) -> Result<Option<
         let mut headers = HeaderMap::with_capacity(count);
         let mut close = version == Version::HTTP_10;
         let mut saw_close = false;
-        for &(ns, ne, vs, ve) in &spans[..count] {
+        for &[ns, ne, vs, ve] in spans.iter() {
+            let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
             let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| H1Error::Invalid("invalid header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
                 .map_err(|_| H1Error::Invalid("invalid header value"))?;

@@ -89,6 +89,19 @@ impl Framing {
                         if data.is_empty() {
                             return;
                         }
+                        // Usually a whole head arrives in one read: read it where it is.
+                        match parse_head(data) {
+                            Parsed::Complete(len, head) => {
+                                data = &data[len..];
+                                self.on_head(head);
+                                continue;
+                            }
+                            Parsed::Invalid => {
+                                self.on_head(None);
+                                return;
+                            }
+                            Parsed::Partial => {}
+                        }
                     }
                     let before = self.head.len();
                     let want = self.max_head.saturating_sub(before);
@@ -100,7 +113,11 @@ impl Framing {
                             let head_len = search_from + end;
                             let consumed = head_len - before;
                             data = &data[consumed..];
-                            self.on_head(head_len);
+                            let head = match parse_head(&self.head[..head_len]) {
+                                Parsed::Complete(_, head) => head,
+                                _ => None,
+                            };
+                            self.on_head(head);
                             self.head.clear();
                         }
                         None if self.head.len() >= self.max_head => {
@@ -122,53 +139,75 @@ impl Framing {
         }
     }
 
-    fn on_head(&mut self, len: usize) {
+    /// Counts a request head and sets what follows it; None: a head the watcher does not
+    /// follow (unparsable, HTTP/2 preface, CONNECT), which ends the watch.
+    fn on_head(&mut self, head: Option<HeadInfo>) {
         let index = self.requests;
         self.requests += 1;
-        let mut headers = [httparse::EMPTY_HEADER; 128];
-        let mut req = httparse::Request::new(&mut headers);
-        if !matches!(req.parse(&self.head[..len]), Ok(httparse::Status::Complete(_))) {
+        let Some(head) = head else {
             self.state = State::Off;
             return;
-        }
-        if req.method == Some("PRI") || req.method == Some("CONNECT") {
-            self.state = State::Off;
-            return;
-        }
-        let mut cl: Option<u64> = None;
-        let mut te = false;
-        let mut upgrade = false;
-        for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("content-length") {
-                match std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok()) {
-                    Some(n) => cl = Some(n),
-                    None => {
-                        self.state = State::Off;
-                        return;
-                    }
-                }
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                te = true;
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
-            }
-        }
-        if te && cl.is_some() {
+        };
+        if head.te && head.cl.is_some() {
             self.verdicts.conflict_plus_one.store(index + 1, Relaxed);
             self.state = State::Off;
             return;
         }
-        self.state = if upgrade {
+        self.state = if head.upgrade {
             State::Off
-        } else if te {
+        } else if head.te {
             State::Chunk(Chunk::Size { size: 0, digits: 0, ext: false })
         } else {
-            match cl {
+            match head.cl {
                 Some(0) | None => State::Head,
                 Some(n) => State::Fixed(n),
             }
         };
     }
+}
+
+/// What the watcher needs from a request head.
+struct HeadInfo {
+    cl: Option<u64>,
+    te: bool,
+    upgrade: bool,
+}
+
+enum Parsed {
+    /// A complete head of this many bytes; None when it is one the watcher does not follow.
+    Complete(usize, Option<HeadInfo>),
+    Partial,
+    Invalid,
+}
+
+/// Parses the request head at the start of `b` (without initialising a header array).
+fn parse_head(b: &[u8]) -> Parsed {
+    let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(b, &mut storage) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Invalid,
+    };
+    if req.method == Some("PRI") || req.method == Some("CONNECT") {
+        return Parsed::Complete(len, None);
+    }
+    let mut head = HeadInfo { cl: None, te: false, upgrade: false };
+    for h in req.headers.iter() {
+        // Only names of these lengths can matter: most fields are skipped by one comparison.
+        match h.name.len() {
+            14 if h.name.eq_ignore_ascii_case("content-length") => {
+                match std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok()) {
+                    Some(n) => head.cl = Some(n),
+                    None => return Parsed::Complete(len, None),
+                }
+            }
+            17 if h.name.eq_ignore_ascii_case("transfer-encoding") => head.te = true,
+            7 if h.name.eq_ignore_ascii_case("upgrade") => head.upgrade = true,
+            _ => {}
+        }
+    }
+    Parsed::Complete(len, Some(head))
 }
 
 /// Offset just past the first CRLFCRLF (or LFLF), if any.

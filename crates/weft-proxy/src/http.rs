@@ -51,6 +51,8 @@ pub struct ConnCtx {
     pub h1_verdicts: Option<Arc<crate::h1guard::Verdicts>>,
     /// Counts the connection as open while it, or a tunnel made from it, lives.
     pub(crate) _open: crate::listener::CxActive,
+    /// The peer's IP address as an `x-forwarded-for` value.
+    pub peer_ip: Option<HeaderValue>,
 }
 
 /// The service hyper calls for each request.
@@ -192,7 +194,9 @@ async fn handle(ctx: &Arc<ConnCtx>, mut req: Request<ProxyBody>, start: Instant)
     let (vhost_i, route_i) = (sel.vhost_index, sel.route_index);
     let vhost = &table.config().virtual_hosts[vhost_i];
     let route = &vhost.routes[route_i];
-    rec.route = route.name.clone();
+    if logs {
+        rec.route = route.name.clone();
+    }
 
     // ---- fault --------------------------------------------------------------------------------
     if let Some(f) = &route.fault {
@@ -397,26 +401,27 @@ async fn forward(
     weft_route::apply_header_ops(headers, &vhost.request_headers);
     weft_route::apply_header_ops(headers, &rc.request_headers);
     if ctx.http.hcm.use_remote_address {
-        let ip = ctx.peer.ip().to_string();
+        // The peer's address and the scheme are formatted once per connection and listener.
         let v = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-            _ => ip,
+            Some(prev) if !prev.is_empty() => HeaderValue::from_str(&format!("{prev}, {}", ctx.peer.ip())).ok(),
+            _ => ctx.peer_ip.clone(),
         };
-        if let Ok(v) = HeaderValue::from_str(&v) {
+        if let Some(v) = v {
             headers.insert(X_FORWARDED_FOR.clone(), v);
         }
-        if let Ok(v) = HeaderValue::from_str(&ctx.http.hcm.forwarded_proto) {
-            headers.insert(X_FORWARDED_PROTO.clone(), v);
+        if let Some(v) = &ctx.http.forwarded_proto {
+            headers.insert(X_FORWARDED_PROTO.clone(), v.clone());
         }
     }
     // The proxy answers 100-continue itself (hyper does when the body is first read).
     headers.remove(header::EXPECT);
-    let new_path = weft_route::rewrite_path(fw, &route.matcher.path, path).unwrap_or_else(|| path.to_string());
+    let new_path: std::borrow::Cow<str> = match weft_route::rewrite_path(fw, &route.matcher.path, path) {
+        Some(p) => p.into(),
+        None => path.into(),
+    };
     // A weighted cluster's own rewrite wins over the route's, as in Envoy.
-    let new_authority = wc
-        .and_then(|w| w.host_rewrite.clone())
-        .or_else(|| fw.host_rewrite.clone())
-        .unwrap_or_else(|| authority.to_string());
+    let new_authority: &str =
+        wc.and_then(|w| w.host_rewrite.as_deref()).or(fw.host_rewrite.as_deref()).unwrap_or(authority);
 
     let hash = if fw.hash_policy.is_empty() {
         None
@@ -451,7 +456,7 @@ async fn forward(
             return tunnel(ctx, req, rec, &cluster, fixed.as_deref(), hash, retry, idle).await;
         }
         Upgrade::WebSocket if ctx.http.hcm.websocket => {
-            return websocket(ctx, req, rec, &cluster, fixed.as_deref(), hash, &new_path, &new_authority, fw.timeout)
+            return websocket(ctx, req, rec, &cluster, fixed.as_deref(), hash, &new_path, new_authority, fw.timeout)
                 .await;
         }
         _ => {}
@@ -515,7 +520,7 @@ async fn forward(
         hash,
         use_h2,
         &new_path,
-        &new_authority,
+        new_authority,
         &mut rec,
     );
     let result = match overall {
@@ -545,15 +550,6 @@ async fn forward(
         }
         Ok(up) => {
             let mut resp = up.response;
-            if let Some(d) = idle {
-                if !resp.body().is_end_stream() {
-                    resp = resp.map(|b| {
-                        let t = body::IdleTimeout::new(b, d);
-                        rec.idle_fired = Some(t.fired.clone());
-                        body::boxed(t)
-                    });
-                }
-            }
             strip_hop_by_hop(resp.headers_mut(), grpc);
             let ust = up.upstream_time.as_millis().to_string();
             if let Ok(v) = HeaderValue::from_str(&ust) {
@@ -570,15 +566,16 @@ async fn forward(
             for m in &fw.mirrors {
                 if roll(m.fraction_per_million) {
                     if let Some(c) = ctx.shared.snapshot.load().clusters.get(&m.cluster).cloned() {
-                        spawn_mirror(c, &parts, replay.as_ref(), &new_path, &new_authority, use_h2);
+                        spawn_mirror(c, &parts, replay.as_ref(), &new_path, new_authority, use_h2);
                     }
                 }
             }
-            TrackedBody::wrap(
+            TrackedBody::wrap_idle(
                 resp,
                 rec,
                 ctx.shared.clone(),
                 Some(crate::record::Upstream { cluster, host: up.host, _active: up.active }),
+                idle,
             )
         }
     }
@@ -714,7 +711,6 @@ async fn attempts(
                 grpc_code: Some(14),
             });
         };
-        tried.push(host.addr);
         let body = match replay {
             Some(r) => r.next_attempt().map(body::boxed),
             None => plain_body.take(),
@@ -801,6 +797,8 @@ async fn attempts(
             }
         }
         drop(give_up);
+        // Remembered only when there is a next attempt to steer away from it.
+        tried.push(host.addr);
         cluster.stats.rq_retry.fetch_add(1, Relaxed);
         if let Some(p) = retry {
             tokio::time::sleep(backoff(p, attempt)).await;
@@ -1319,8 +1317,8 @@ fn finish_common(ctx: &ConnCtx, h: &mut HeaderMap, rec: &Record) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if !h.contains_key(header::SERVER) {
-        if let Ok(v) = HeaderValue::from_str(&ctx.http.hcm.server_name) {
-            h.insert(header::SERVER, v);
+        if let Some(v) = &ctx.http.server_name {
+            h.insert(header::SERVER, v.clone());
         }
     }
 }
@@ -1399,8 +1397,24 @@ pub fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
     })
 }
 
+/// Whether `n` is a hop-by-hop field this proxy removes (besides those `Connection` names).
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    n == header::CONNECTION
+        || n == header::TRANSFER_ENCODING
+        || n == header::UPGRADE
+        || n == header::TE
+        || n == header::PROXY_AUTHENTICATE
+        || n == header::PROXY_AUTHORIZATION
+        || n == KEEP_ALIVE
+        || n == PROXY_CONNECTION
+}
+
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
+    // Most messages carry none: one pass over the names is cheaper than a lookup per field.
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -1433,18 +1447,21 @@ fn roll(per_million: u32) -> bool {
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let (a, b): (u64, u64) = worker::with_rng(|r| (r.gen(), r.gen()));
+    // Version 4 in the 13th digit, the RFC 4122 variant in the 17th.
     let a = (a & 0xffff_ffff_ffff_0fff) | 0x4000;
     let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-    let v = (u128::from(a) << 64) | u128::from(b);
-    let mut out = [0u8; 36];
-    let mut nibble = 0;
-    for (i, slot) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            *slot = b'-';
-            continue;
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&a.to_be_bytes());
+    raw[8..].copy_from_slice(&b.to_be_bytes());
+    let mut out = [b'-'; 36];
+    let mut o = 0;
+    for (i, byte) in raw.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            o += 1;
         }
-        *slot = HEX[((v >> (124 - 4 * nibble)) & 0xf) as usize];
-        nibble += 1;
+        out[o] = HEX[usize::from(byte >> 4)];
+        out[o + 1] = HEX[usize::from(byte & 0xf)];
+        o += 2;
     }
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
@@ -1499,6 +1516,21 @@ mod tests {
         assert!(h.contains_key("x-kept"));
         strip_hop_by_hop(&mut grpc, true);
         assert_eq!(grpc.get(header::TE).unwrap(), "trailers", "gRPC needs te: trailers");
+    }
+
+    #[test]
+    fn a_message_without_hop_by_hop_fields_is_left_as_it_is() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("reviews"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.append("x-kept", HeaderValue::from_static("2"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+        // One hop-by-hop field anywhere takes the full path.
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
     }
 
     #[test]

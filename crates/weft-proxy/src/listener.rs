@@ -308,8 +308,17 @@ async fn serve_http(
             (g, Some(v))
         }
     };
-    let ctx =
-        Arc::new(ConnCtx { shared: shared.clone(), http: h, peer, local, destination, h1_verdicts, _open: guard });
+    let peer_ip = http::HeaderValue::from_str(&peer.ip().to_string()).ok();
+    let ctx = Arc::new(ConnCtx {
+        shared: shared.clone(),
+        http: h,
+        peer,
+        local,
+        destination,
+        h1_verdicts,
+        _open: guard,
+        peer_ip,
+    });
     let svc = service_fn(move |req| serve(ctx.clone(), req));
     let mut drain = shared.drain_rx.clone();
     let io = TokioIo::new(stream);

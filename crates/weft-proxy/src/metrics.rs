@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
@@ -45,7 +46,60 @@ pub struct RequestKey {
 
 /// Per-cluster cache of label sets (lives in the cluster, so it goes away with it).
 #[derive(Default)]
-pub struct Cache(Mutex<HashMap<RequestKey, Handles>>);
+pub struct Cache(Mutex<HashMap<RequestKey, Handles, BuildHasherDefault<KeyHasher>>>);
+
+/// A multiply-rotate hash for the cache's small keys (a few integers and two static strings):
+/// the standard SipHash costs more than everything else in a lookup. The map is bounded (it is
+/// cleared past 10,000 keys), so colliding keys cannot make it grow without limit.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl KeyHasher {
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u16(&mut self, i: u16) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 type Handles = (Counter, Histogram, Histogram, Histogram);
 
@@ -202,27 +256,24 @@ impl Metrics {
         };
         let cluster = rec.cluster.as_deref();
         let cache = cluster.map(|c| &c.metrics).unwrap_or(&self.no_cluster);
-        let handles = {
-            let mut m = cache.0.lock().unwrap_or_else(|e| e.into_inner());
-            if m.len() > 10_000 {
-                m.clear();
-            }
-            m.entry(key)
-                .or_insert_with(|| {
-                    let host_md = cluster.and_then(|c| {
-                        rec.upstream
-                            .and_then(|a| c.set.load().hosts.iter().find(|h| h.addr == a).map(|h| h.metadata.clone()))
-                    });
-                    let labels = self.labels(&key, cluster, host_md.as_ref(), &rec.flags.to_string());
-                    (
-                        self.requests.get_or_create(&labels).clone(),
-                        self.duration.get_or_create(&labels).clone(),
-                        self.request_bytes.get_or_create(&labels).clone(),
-                        self.response_bytes.get_or_create(&labels).clone(),
-                    )
-                })
-                .clone()
-        };
+        // Observed under the cache's lock (per cluster, never held across an await), so the
+        // handles need no clone per request.
+        let mut m = cache.0.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() > 10_000 {
+            m.clear();
+        }
+        let handles = m.entry(key).or_insert_with(|| {
+            let host_md = cluster.and_then(|c| {
+                rec.upstream.and_then(|a| c.set.load().hosts.iter().find(|h| h.addr == a).map(|h| h.metadata.clone()))
+            });
+            let labels = self.labels(&key, cluster, host_md.as_ref(), &rec.flags.to_string());
+            (
+                self.requests.get_or_create(&labels).clone(),
+                self.duration.get_or_create(&labels).clone(),
+                self.request_bytes.get_or_create(&labels).clone(),
+                self.response_bytes.get_or_create(&labels).clone(),
+            )
+        });
         handles.0.inc();
         handles.1.observe(duration_ms);
         handles.2.observe(rec.bytes_received() as f64);

@@ -1,12 +1,13 @@
 //! The `logging` phase: what is known about a request, finished exactly once when its response
 //! body ends (or is dropped), feeding metrics and the access log.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Response};
@@ -39,8 +40,6 @@ pub struct Record {
     pub bytes_sent: u64,
     /// The request body's byte count, read at the end.
     pub rx_bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
-    /// Set by the response's stream idle timer when it fired (flag SI).
-    pub idle_fired: Option<Arc<std::sync::atomic::AtomicBool>>,
     active: Option<RqActive>,
 }
 
@@ -85,7 +84,6 @@ impl Record {
             close_connection: false,
             bytes_sent: 0,
             rx_bytes: None,
-            idle_fired: None,
             active: None,
         }
     }
@@ -112,6 +110,11 @@ pub struct TrackedBody {
     rec: Option<Box<Record>>,
     shared: Arc<Shared>,
     up: Option<Upstream>,
+    /// Stream idle timeout: how long the upstream may send nothing, and its timer, armed only
+    /// when a poll actually waits (so bodies whose bytes are already there never touch the timer
+    /// wheel) and kept for reuse.
+    idle: Option<IdleTimer>,
+    idle_fired: bool,
     errored: bool,
 }
 
@@ -119,15 +122,34 @@ impl TrackedBody {
     /// Wraps a response so that its end (or abandonment) finishes the record.
     pub fn wrap(
         resp: Response<ProxyBody>,
+        rec: Record,
+        shared: Arc<Shared>,
+        up: Option<Upstream>,
+    ) -> Response<ProxyBody> {
+        TrackedBody::wrap_idle(resp, rec, shared, up, None)
+    }
+
+    /// As `wrap`, ending the body with an error (flag SI) when no frame comes for `idle`.
+    pub fn wrap_idle(
+        resp: Response<ProxyBody>,
         mut rec: Record,
         shared: Arc<Shared>,
         up: Option<Upstream>,
+        idle: Option<Duration>,
     ) -> Response<ProxyBody> {
         if rec.status == 0 {
             rec.status = resp.status().as_u16();
         }
         let (parts, inner) = resp.into_parts();
-        let mut body = TrackedBody { inner, rec: Some(Box::new(rec)), shared, up, errored: false };
+        let mut body = TrackedBody {
+            inner,
+            rec: Some(Box::new(rec)),
+            shared,
+            up,
+            idle: idle.map(|limit| IdleTimer { limit, sleep: None, armed: false }),
+            idle_fired: false,
+            errored: false,
+        };
         if body.inner.is_end_stream() {
             body.finish(true);
         }
@@ -137,7 +159,7 @@ impl TrackedBody {
     fn finish(&mut self, complete: bool) {
         let Some(mut rec) = self.rec.take() else { return };
         self.up = None;
-        if self.errored && rec.idle_fired.as_ref().map(|f| f.load(Relaxed)).unwrap_or(false) {
+        if self.errored && self.idle_fired {
             rec.flags.insert(Flags::STREAM_IDLE_TIMEOUT);
         } else if self.errored {
             rec.flags.insert(Flags::UPSTREAM_CONNECTION_TERMINATION);
@@ -148,6 +170,30 @@ impl TrackedBody {
     }
 }
 
+struct IdleTimer {
+    limit: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl IdleTimer {
+    /// Starts the wait if it is not running, and polls it.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.armed {
+            let deadline = tokio::time::Instant::now() + self.limit;
+            match self.sleep.as_mut() {
+                Some(s) => s.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+        }
+        match self.sleep.as_mut() {
+            Some(s) => s.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
 impl Body for TrackedBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -155,7 +201,16 @@ impl Body for TrackedBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let Some(idle) = this.idle.as_mut() else { return Poll::Pending };
+                if idle.poll_expired(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.idle_fired = true;
+                this.errored = true;
+                this.finish(false);
+                Poll::Ready(Some(Err("stream idle timeout".into())))
+            }
             Poll::Ready(None) => {
                 this.finish(true);
                 Poll::Ready(None)
@@ -166,6 +221,9 @@ impl Body for TrackedBody {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(idle) = this.idle.as_mut() {
+                    idle.armed = false;
+                }
                 if let Some(rec) = this.rec.as_mut() {
                     if let Some(d) = frame.data_ref() {
                         rec.bytes_sent += d.len() as u64;

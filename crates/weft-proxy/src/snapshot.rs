@@ -46,6 +46,9 @@ pub struct HttpRt {
     pub routes: Routes,
     pub reporter: &'static str,
     pub listener: Arc<str>,
+    /// `hcm.forwarded_proto` and `hcm.server_name` as header values, made once.
+    pub forwarded_proto: Option<http::HeaderValue>,
+    pub server_name: Option<http::HeaderValue>,
 }
 
 impl Snapshot {
@@ -95,7 +98,14 @@ impl Snapshot {
                             RouteSource::Inline(rc) => Routes::Inline(Arc::new(RouteTable::new(rc.clone()))),
                             RouteSource::Named(n) => Routes::Named(n.clone()),
                         };
-                        ChainRt::Http(Arc::new(HttpRt { hcm: h.clone(), routes, reporter, listener: name.clone() }))
+                        ChainRt::Http(Arc::new(HttpRt {
+                            hcm: h.clone(),
+                            routes,
+                            reporter,
+                            listener: name.clone(),
+                            forwarded_proto: http::HeaderValue::from_str(&h.forwarded_proto).ok(),
+                            server_name: http::HeaderValue::from_str(&h.server_name).ok(),
+                        }))
                     }
                 }
             };
