@@ -27,14 +27,15 @@ use tokio::net::TcpStream;
 
 use crate::body::{BoxError, ProxyBody};
 use crate::cluster::{ClusterRt, CxGuard, Host};
+use crate::h1codec::{
+    content_length, decode_chunked, final_coding_is_chunked, has_token, push_decimal, push_field, push_hex, Chunk,
+    Decoded,
+};
 
 /// Most header fields in a response head or trailer section (hyper's and Envoy's default).
 pub const MAX_HEADERS: usize = 100;
 /// Largest response head: status line and header fields.
 pub const MAX_HEAD_BYTES: usize = 1 << 20;
-/// Largest chunk-size line (with extensions) and trailer section.
-const MAX_CHUNK_LINE: usize = 4096;
-const MAX_TRAILER_BYTES: usize = 64 * 1024;
 /// Free space kept in the read buffer before each read.
 const READ_RESERVE: usize = 8 * 1024;
 
@@ -81,15 +82,21 @@ impl H1Conn {
         H1Conn { io, rbuf: BytesMut::new(), wbuf: Vec::with_capacity(512), uses: 0, _guard: guard }
     }
 
-    /// Whether an idle connection can carry another request: the peer has neither closed it nor
-    /// sent anything unasked. Uses the readiness the reactor already saw (no system call unless
-    /// the socket became readable).
+    /// Whether an idle connection can carry another request: the peer has not closed it (nor
+    /// reset it). Read from the readiness the reactor recorded, without a system call: the
+    /// readable flag is usually left over from reading the last response, but a close sets
+    /// `read_closed` whenever it arrived. (Bytes an upstream sends unasked without closing are
+    /// found by the next response's parser and fail that exchange.)
     pub fn is_reusable(&self) -> bool {
         if !self.rbuf.is_empty() {
             return false;
         }
-        let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        use futures_util::FutureExt;
+        match self.io.ready(tokio::io::Interest::READABLE).now_or_never() {
+            None => true,
+            Some(Ok(r)) => !(r.is_read_closed() || r.is_error()),
+            Some(Err(_)) => false,
+        }
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
@@ -247,167 +254,6 @@ fn response_framing(
     }
 }
 
-fn final_coding_is_chunked(headers: &HeaderMap) -> bool {
-    let last = headers.get_all(header::TRANSFER_ENCODING).iter().next_back();
-    last.and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .map(|c| c.trim().eq_ignore_ascii_case("chunked"))
-        .unwrap_or(false)
-}
-
-/// The `Content-Length` of a message: None when absent; an error when a value is not a number
-/// or values disagree.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
-    let mut found: Option<u64> = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let part = trim(part);
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(());
-            }
-            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            match found {
-                Some(f) if f != n => return Err(()),
-                _ => found = Some(n),
-            }
-        }
-    }
-    Ok(found)
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map(|i| i + 1).unwrap_or(start);
-    &b[start..end.max(start)]
-}
-
-fn has_token(v: &HeaderValue, token: &str) -> bool {
-    v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))).unwrap_or(false)
-}
-
-/// Where the chunked decoder is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
-    /// Inside a chunk's data.
-    Data(u64),
-    /// The CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailer fields up to an empty line.
-    Trailers,
-    Done,
-}
-
-/// One step of chunked decoding over the bytes in `buf`.
-#[derive(Debug, PartialEq)]
-enum Decoded {
-    Data(Bytes),
-    Trailers(HeaderMap),
-    /// The body ended (no trailers).
-    End,
-    /// More bytes are needed.
-    NeedMore,
-}
-
-/// Decodes what `buf` holds of a chunked body, taking the bytes it uses.
-fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, H1Error> {
-    loop {
-        match *state {
-            Chunk::Size => {
-                let Some(eol) = buf.iter().position(|b| *b == b'\n') else {
-                    if buf.len() > MAX_CHUNK_LINE {
-                        return Err(H1Error::Invalid("chunk size line too long"));
-                    }
-                    return Ok(Decoded::NeedMore);
-                };
-                if eol > MAX_CHUNK_LINE {
-                    return Err(H1Error::Invalid("chunk size line too long"));
-                }
-                let line = &buf[..eol];
-                let line = line.strip_suffix(b"\r").ok_or(H1Error::Invalid("chunk size line without CRLF"))?;
-                let digits_end = line.iter().position(|b| !b.is_ascii_hexdigit()).unwrap_or(line.len());
-                let (digits, rest) = line.split_at(digits_end);
-                // After the size only whitespace or extensions (`;name=value`) may follow.
-                let rest = trim(rest);
-                if digits.is_empty() || digits.len() > 15 || !(rest.is_empty() || rest.starts_with(b";")) {
-                    return Err(H1Error::Invalid("malformed chunk size"));
-                }
-                if rest.iter().any(|b| *b != b'\t' && (*b < 0x20 || *b == 0x7f)) {
-                    return Err(H1Error::Invalid("control character in a chunk extension"));
-                }
-                let size = digits.iter().fold(0u64, |n, d| (n << 4) | u64::from(hex_value(*d)));
-                buf.advance(eol + 1);
-                *state = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
-            }
-            Chunk::Data(left) => {
-                if buf.is_empty() {
-                    return Ok(Decoded::NeedMore);
-                }
-                let take = left.min(buf.len() as u64) as usize;
-                let data = buf.split_to(take).freeze();
-                *state = if take as u64 == left { Chunk::DataEnd } else { Chunk::Data(left - take as u64) };
-                return Ok(Decoded::Data(data));
-            }
-            Chunk::DataEnd => {
-                if buf.len() < 2 {
-                    if buf.first().is_some_and(|b| *b != b'\r') {
-                        return Err(H1Error::Invalid("chunk data not followed by CRLF"));
-                    }
-                    return Ok(Decoded::NeedMore);
-                }
-                if &buf[..2] != b"\r\n" {
-                    return Err(H1Error::Invalid("chunk data not followed by CRLF"));
-                }
-                buf.advance(2);
-                *state = Chunk::Size;
-            }
-            Chunk::Trailers => {
-                if buf.starts_with(b"\r\n") {
-                    buf.advance(2);
-                    *state = Chunk::Done;
-                    return Ok(Decoded::End);
-                }
-                if buf.len() < 2 {
-                    return Ok(Decoded::NeedMore);
-                }
-                let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                match httparse::parse_headers(buf, &mut storage) {
-                    Ok(httparse::Status::Complete((n, fields))) => {
-                        let mut trailers = HeaderMap::with_capacity(fields.len());
-                        for f in fields.iter() {
-                            let name = HeaderName::from_bytes(f.name.as_bytes())
-                                .map_err(|_| H1Error::Invalid("invalid trailer name"))?;
-                            let value = HeaderValue::from_bytes(f.value)
-                                .map_err(|_| H1Error::Invalid("invalid trailer value"))?;
-                            trailers.append(name, value);
-                        }
-                        buf.advance(n);
-                        *state = Chunk::Done;
-                        return Ok(Decoded::Trailers(trailers));
-                    }
-                    Ok(httparse::Status::Partial) => {
-                        if buf.len() > MAX_TRAILER_BYTES {
-                            return Err(H1Error::Invalid("trailer section too large"));
-                        }
-                        return Ok(Decoded::NeedMore);
-                    }
-                    Err(_) => return Err(H1Error::Invalid("malformed trailer section")),
-                }
-            }
-            Chunk::Done => return Ok(Decoded::End),
-        }
-    }
-}
-
-fn hex_value(d: u8) -> u8 {
-    match d {
-        b'0'..=b'9' => d - b'0',
-        b'a'..=b'f' => d - b'a' + 10,
-        _ => d - b'A' + 10,
-    }
-}
-
 /// The request side of an exchange: what remains to be written.
 struct Sender {
     body: Option<ProxyBody>,
@@ -552,35 +398,6 @@ fn finish_body(s: &mut Sender, conn: &mut H1Conn) -> Result<(), H1Error> {
     }
     s.finished = true;
     Ok(())
-}
-
-fn push_hex(out: &mut Vec<u8>, n: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
-    for i in (0..digits).rev() {
-        out.push(HEX[((n >> (4 * i)) & 0xf) as usize]);
-    }
-}
-
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// What goes into a request head.
@@ -815,7 +632,7 @@ impl Body for H1Body {
                 RespFraming::Chunked => {
                     if !conn.rbuf.is_empty() {
                         match decode_chunked(&mut this.chunk, &mut conn.rbuf) {
-                            Err(e) => return this.fail(e),
+                            Err(e) => return this.fail(H1Error::Invalid(e)),
                             Ok(Decoded::Data(d)) => return Poll::Ready(Some(Ok(Frame::data(d)))),
                             Ok(Decoded::Trailers(t)) => {
                                 this.complete();
@@ -935,83 +752,6 @@ mod tests {
         assert!(parse("HTTP/1.1 200 OK\r\nContent-Len", Method::GET).unwrap().is_none());
         let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD_BYTES));
         assert!(matches!(parse(&huge, Method::GET), Err(H1Error::Invalid(_))));
-    }
-
-    /// What a chunked body decoded to: its data, its trailers, and the bytes left after it.
-    type Dechunked = (Vec<u8>, Option<HeaderMap>, Vec<u8>);
-
-    /// Decodes `input` fed in pieces of `step` bytes.
-    fn dechunk(input: &[u8], step: usize) -> Result<Dechunked, H1Error> {
-        let mut state = Chunk::Size;
-        let mut buf = BytesMut::new();
-        let mut data = Vec::new();
-        let mut fed = 0;
-        loop {
-            match decode_chunked(&mut state, &mut buf)? {
-                Decoded::Data(d) => data.extend_from_slice(&d),
-                Decoded::Trailers(t) => return Ok((data, Some(t), buf.to_vec())),
-                Decoded::End => return Ok((data, None, buf.to_vec())),
-                Decoded::NeedMore => {
-                    if fed >= input.len() {
-                        return Err(H1Error::Closed);
-                    }
-                    let end = (fed + step).min(input.len());
-                    buf.extend_from_slice(&input[fed..end]);
-                    fed = end;
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn chunked_bodies_decode_whatever_the_read_boundaries() {
-        type Case = (&'static str, &'static str, Option<(&'static str, &'static str)>);
-        let cases: &[Case] = &[
-            ("5\r\nhello\r\n0\r\n\r\n", "hello", None),
-            ("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nNEXT", "hello world", None),
-            ("A;ext=1\r\n0123456789\r\n0\r\n\r\n", "0123456789", None),
-            ("3 \r\nabc\r\n0\r\n\r\n", "abc", None),
-            ("3\r\nabc\r\n0\r\ngrpc-status: 0\r\n\r\n", "abc", Some(("grpc-status", "0"))),
-            ("0\r\n\r\n", "", None),
-        ];
-        for (input, want, trailer) in cases {
-            for step in [1, 2, 3, 7, input.len()] {
-                let (data, trailers, rest) =
-                    dechunk(input.as_bytes(), step).unwrap_or_else(|e| panic!("{input:?}: {e}"));
-                assert_eq!(String::from_utf8(data).unwrap(), *want, "{input:?} step {step}");
-                match trailer {
-                    Some((k, v)) => assert_eq!(trailers.unwrap().get(*k).unwrap(), v, "{input:?}"),
-                    None => assert!(trailers.is_none()),
-                }
-                if step == input.len() {
-                    let want_rest: &[u8] = if input.ends_with("NEXT") { b"NEXT" } else { b"" };
-                    assert_eq!(rest, want_rest, "{input:?}");
-                }
-            }
-        }
-        for bad in [
-            "x\r\n",
-            "\r\n",
-            "5\r\nhelloXY0\r\n\r\n",
-            "5\nhello\r\n0\r\n\r\n",
-            "1000000000000000\r\n",
-            "5 junk\r\nhello\r\n",
-            "3;a=\x01\r\nabc\r\n",
-        ] {
-            assert!(matches!(dechunk(bad.as_bytes(), 1), Err(H1Error::Invalid(_))), "{bad:?}");
-        }
-        let long_ext = format!("1;{}\r\n", "e".repeat(MAX_CHUNK_LINE + 10));
-        assert!(matches!(dechunk(long_ext.as_bytes(), 64), Err(H1Error::Invalid(_))));
-    }
-
-    #[test]
-    fn chunk_sizes_are_written_in_lowercase_hex() {
-        for (n, want) in [(0u64, "0"), (9, "9"), (10, "a"), (255, "ff"), (4096, "1000"), (u64::MAX, "ffffffffffffffff")]
-        {
-            let mut out = Vec::new();
-            push_hex(&mut out, n);
-            assert_eq!(out, want.as_bytes(), "{n}");
-        }
     }
 
     /// A request body of unknown length, given as frames.

@@ -14,6 +14,7 @@ pub mod chain;
 pub mod cluster;
 pub mod flags;
 pub mod h1client;
+mod h1codec;
 pub mod h1guard;
 pub mod http;
 pub mod listener;
